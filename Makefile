@@ -1,0 +1,50 @@
+# Newcomer entry points: `make demo` and `make test` set everything up from a clean clone.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+# 2 cores on the reference machine; `make test JOBS=` runs the suite serially.
+PYTEST_ARGS ?=
+
+.PHONY: all demo test test-fast bench fuzz cuda fixtures clean
+
+all: test
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+# torch first, pinned, so that nothing pulls a multi-GB CUDA build; llama-cpp-python builds
+# ggml 0.25.3 from source (about 5 minutes the first time; pip caches the wheel afterwards).
+$(STAMP): pyproject.toml | $(PY)
+	$(PIP) install "torch==2.13.0"
+	$(PIP) install --no-binary llama-cpp-python -e ".[test]"
+	touch $@
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	@echo "The demo (convert the shipped tiny LLaVA and describe images) is not built yet."
+	@echo "See the README for what works today: the gguflite CLI (dump, get, set, rm, diff, split, merge)."
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+fuzz: $(STAMP)
+	$(PY) -m pytest tests -m fuzz
+
+# Rebuild the ggml provider with the CUDA backend for the local GPU.
+cuda: $(STAMP)
+	CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=native" $(PIP) install \
+	    --upgrade --force-reinstall --no-cache-dir --no-deps --no-binary llama-cpp-python \
+	    "llama-cpp-python==0.3.36"
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

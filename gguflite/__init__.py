@@ -1,0 +1,5 @@
+"""gguflite: a strict, fast GGUF reader, writer and editor in pure Python + numpy."""
+from .errors import *  # noqa: F401,F403  (the exception hierarchy is part of the API)
+from .types import GGMLType, TYPE_TRAITS, ValueType  # noqa: F401
+
+__version__ = "0.1.0"
