@@ -19,7 +19,7 @@ $(PY):
 # ggml 0.25.3 from source (about 5 minutes the first time; pip caches the wheel afterwards).
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install "torch==2.13.0"
-	$(PIP) install --no-binary llama-cpp-python -e ".[test]"
+	$(PIP) install -e ".[test]"
 	touch $@
 
 venv: $(STAMP)
