@@ -1,5 +1,13 @@
 """ggml_bind: a cffi (ABI mode) binding to the ggml library built by llama-cpp-python.
 
-Importing this package loads no C code; the library is loaded on first use.
+Importing this package loads no C code; the library is loaded on first use
+(:func:`ggml_bind.lib.load`).  Every misuse raises :class:`GGMLError` before reaching C.
+
+Modules, in reading order: ``errors`` (exceptions), ``lib`` (loading, checks, logging),
+``quant`` (ggml's quantizer as an oracle), ``backend`` (devices, buffers, scheduler),
+``tensor`` (numpy <-> ggml, the one ne <-> shape reversal), ``ops`` (validated ops),
+``graph`` (build once, reserve, recompute), ``weights`` (GGUF weights into a backend buffer).
 """
+from .errors import *  # noqa: F401,F403  (the exception hierarchy is part of the API)
+
 __version__ = "0.1.0"
