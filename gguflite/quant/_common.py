@@ -1,0 +1,154 @@
+"""Scalar building blocks of ggml's reference quantizers, as numpy float32 array operations.
+
+Bit-exactness with ``ggml-quants.c`` rests on four rules followed everywhere in this package:
+
+1. Every arithmetic step is float32 and happens in the C order: ``w*x*l`` is ``(w*x)*l``.
+   A numpy int array times a float32 array is float64, so integers are cast to float32 first.
+2. C sums ``s = 0; for i: s += a[i]`` are sequential; numpy's ``sum`` is pairwise.  We use
+   ``np.cumsum`` (sequential by definition) along an axis and add ``+0.0`` where C starts from
+   zero (``0.0f + -0.0f`` is ``+0.0``).
+3. ggml's fp16 conversion is its own bit trick (``ggml_compute_fp32_to_fp16``): round to
+   nearest even like numpy, except that every NaN becomes the quiet NaN ``0x7e00`` with its sign.
+4. Float-to-int conversions follow x86-64 (``cvttss2si``): truncate, and NaN or out-of-range
+   values give ``INT32_MIN``; casts to ``int8_t``/``uint8_t`` keep the low byte of that.
+   ``libggml-base`` is built for baseline x86-64, so no FMA contraction happens in C either.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+F32 = np.float32
+INT32_MIN = np.int32(-(2**31))
+
+
+@dataclass(frozen=True)
+class Codec:
+    """How one ggml block type is converted.
+
+    ``quantize(x: float32 (n_blocks, block_size)) -> uint8 (n_blocks, type_size)`` or None;
+    ``dequantize(q: uint8 (n_blocks, type_size)) -> float32 (n_blocks, block_size)``;
+    ``swap``: the multi-byte fields inside a block as ``(byte offset, item size, count)``,
+    byte-swapped for big-endian files.
+    """
+
+    quantize: Callable[[np.ndarray], np.ndarray] | None
+    dequantize: Callable[[np.ndarray], np.ndarray]
+    swap: tuple[tuple[int, int, int], ...] = ()
+
+
+# --------------------------------------------------------------------------- fp16 / bf16
+
+
+def f32_to_f16_bits(x: np.ndarray) -> np.ndarray:
+    """``GGML_FP32_TO_FP16`` → uint16 bits (RNE; overflow to inf; NaN → ±0x7e00)."""
+    x = np.asarray(x, dtype=F32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        h = x.astype(np.float16).view(np.uint16)
+    nan = np.isnan(x)
+    if nan.any():
+        sign = (x.view(np.uint32) >> 16).astype(np.uint16) & np.uint16(0x8000)
+        h = np.where(nan, sign | np.uint16(0x7E00), h)
+    return h
+
+
+def f16_bits_to_f32(h: np.ndarray) -> np.ndarray:
+    """``GGML_FP16_TO_FP32`` (exact for every non-NaN value)."""
+    return np.ascontiguousarray(h).view(np.float16).astype(F32)
+
+
+def le_u16(q: np.ndarray, offset: int) -> np.ndarray:
+    """Little-endian uint16 at byte ``offset`` of each block row of ``q`` (n, type_size)."""
+    return q[:, offset].astype(np.uint16) | (q[:, offset + 1].astype(np.uint16) << 8)
+
+
+def le_f16(q: np.ndarray, offset: int) -> np.ndarray:
+    """The fp16 field at byte ``offset`` of each block, as float32 (n,)."""
+    return f16_bits_to_f32(le_u16(q, offset))
+
+
+def put_u16(out: np.ndarray, offset: int, bits: np.ndarray) -> None:
+    """Store uint16 ``bits`` (n,) little-endian at byte ``offset`` of each block row."""
+    bits = bits.astype(np.uint16)
+    out[:, offset] = (bits & 0xFF).astype(np.uint8)
+    out[:, offset + 1] = (bits >> 8).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- integer rounding
+
+
+def nearest_int(f: np.ndarray) -> np.ndarray:
+    """ggml's ``nearest_int``: add 1.5*2^23 and read the mantissa (ties to even).  Values
+    outside +-2^22, inf and NaN give whatever the bit trick gives, as in C (its assert is
+    compiled out)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        v = (f.astype(F32, copy=False) + F32(12582912.0)).view(np.int32)
+    return (v & np.int32(0x007FFFFF)) - np.int32(0x00400000)
+
+
+def cvtt_i32(v: np.ndarray) -> np.ndarray:
+    """C ``(int)v`` on x86-64: truncation toward zero; NaN/out of range → INT32_MIN."""
+    ok = np.abs(v) < F32(2147483648.0)  # False for NaN
+    with np.errstate(invalid="ignore"):
+        out = np.where(ok, v, F32(0)).astype(np.int32)
+    if not ok.all():
+        out[~ok] = INT32_MIN
+    return out
+
+
+def roundf(v: np.ndarray) -> np.ndarray:
+    """C ``roundf`` (half away from zero), exact in float32 (``v - trunc(v)`` is exact)."""
+    t = np.trunc(v)
+    frac = v - t
+    with np.errstate(invalid="ignore"):
+        return t + np.where(np.abs(frac) >= F32(0.5), np.copysign(F32(1), v), F32(0))
+
+
+def seqsum(a: np.ndarray, axis: int = -1, start_zero: bool = True) -> np.ndarray:
+    """C's left-to-right float32 sum along ``axis``; ``start_zero`` when C starts at ``0.0f``."""
+    s = np.take(np.cumsum(a, axis=axis, dtype=F32), -1, axis=axis)
+    return s + F32(0) if start_zero else s
+
+
+def first_abs_max(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``x`` (n, k): ``amax`` and the signed ``max`` as in ``if (amax < fabsf(v))
+    {amax = fabsf(v); max = v;}`` from 0: first occurrence, NaN never chosen, +0.0 default."""
+    ax = np.abs(x)
+    amax = np.fmax.reduce(ax, axis=1)
+    amax = np.where(np.isnan(amax), F32(0), amax)
+    idx = (ax == amax[:, None]).argmax(axis=1)
+    mx = np.take_along_axis(x, idx[:, None], axis=1)[:, 0]
+    mx = np.where(amax > 0, mx, F32(0))
+    return amax, mx
+
+
+def fold_max_abs(x: np.ndarray) -> np.ndarray:
+    """``amax = 0; for v: amax = MAX(amax, fabsf(v))`` with ``MAX(a,b) = a > b ? a : b``.
+
+    A NaN element makes ``amax`` NaN, and the next element replaces it; so the result is NaN
+    if the last element is NaN, else the max over the elements after the last NaN."""
+    ax = np.abs(x)
+    amax = np.max(ax, axis=1)
+    bad = np.isnan(amax)
+    if bad.any():
+        sub = ax[bad]
+        isn = np.isnan(sub)
+        k = sub.shape[1]
+        last = k - 1 - isn[:, ::-1].argmax(axis=1)  # index of the last NaN
+        keep = np.arange(k)[None, :] > last[:, None]
+        fixed = np.max(np.where(keep, sub, F32(0)), axis=1)
+        amax[bad] = np.where(last == k - 1, F32(np.nan), fixed)
+    return amax
+
+
+def safe_inv(d: np.ndarray) -> np.ndarray:
+    """``d ? 1.0f/d : 0.0f``."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(d != 0, F32(1) / np.where(d != 0, d, F32(1)), F32(0)).astype(F32)
+
+
+def pack_nibbles(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """``lo | hi << 4`` truncated to a byte, as ``uint8_t`` stores do."""
+    return ((lo.astype(np.int32) | (hi.astype(np.int32) << 4)) & 0xFF).astype(np.uint8)

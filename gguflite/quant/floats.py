@@ -1,0 +1,68 @@
+"""Plain element types: F32, F16, BF16, F64 and the integer types I8..I64.
+
+F16 and BF16 follow ggml's row converters (``ggml_fp32_to_fp16_row`` and
+``ggml_fp32_to_bf16_row_ref``): round to nearest even; NaN → quiet NaN keeping its sign
+(F16: ``0x7e00``; BF16: the top 16 bits with bit 6 set).  The "block" of these types is one
+element, so the codecs see arrays of shape (n, 1).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..types import GGMLType
+from ._common import F32, Codec, f16_bits_to_f32, f32_to_f16_bits
+
+
+def _as_bytes(a: np.ndarray, itemsize: int) -> np.ndarray:
+    """(n,) little-endian values → (n, itemsize) bytes."""
+    return np.ascontiguousarray(a).view(np.uint8).reshape(-1, itemsize)
+
+
+def quantize_f16(x: np.ndarray) -> np.ndarray:
+    return _as_bytes(f32_to_f16_bits(x[:, 0]).astype("<u2"), 2)
+
+
+def dequantize_f16(q: np.ndarray) -> np.ndarray:
+    return f16_bits_to_f32(np.ascontiguousarray(q).view("<u2"))
+
+
+def quantize_bf16(x: np.ndarray) -> np.ndarray:
+    """``ggml_compute_fp32_to_bf16``: NaN → ``(u >> 16) | 64``, else ``(u + 0x7fff + ((u >> 16) & 1)) >> 16``."""
+    u = np.ascontiguousarray(x[:, 0]).view(np.uint32)
+    nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+    with np.errstate(over="ignore"):
+        r = (u + (np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1)))) >> 16
+    r = np.where(nan, (u >> 16) | np.uint32(64), r).astype("<u2")
+    return _as_bytes(r, 2)
+
+
+def dequantize_bf16(q: np.ndarray) -> np.ndarray:
+    u = np.ascontiguousarray(q).view("<u2").astype(np.uint32) << 16
+    return u.view(F32)
+
+
+def _plain(dtype: str, quantizable: bool) -> Codec:
+    """A type stored as-is in ``dtype``; dequantizing converts to float32.  Only the float
+    types can be produced from float32 (ggml has no float → integer tensor conversion)."""
+    dt = np.dtype(dtype)
+
+    def quantize(x: np.ndarray) -> np.ndarray:
+        return _as_bytes(x[:, 0].astype(dt), dt.itemsize)
+
+    def dequantize(q: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(q).view(dt).astype(F32)
+
+    swap = ((0, dt.itemsize, 1),) if dt.itemsize > 1 else ()
+    return Codec(quantize if quantizable else None, dequantize, swap)
+
+
+CODECS: dict[int, Codec] = {
+    GGMLType.F32: _plain("<f4", True),
+    GGMLType.F16: Codec(quantize_f16, dequantize_f16, ((0, 2, 1),)),
+    GGMLType.BF16: Codec(quantize_bf16, dequantize_bf16, ((0, 2, 1),)),
+    GGMLType.F64: _plain("<f8", True),
+    GGMLType.I8: _plain("<i1", False),
+    GGMLType.I16: _plain("<i2", False),
+    GGMLType.I32: _plain("<i4", False),
+    GGMLType.I64: _plain("<i8", False),
+}

@@ -1,0 +1,473 @@
+"""K-quants: 256-element super-blocks (QK_K) of 16 or 32-element sub-blocks.
+
+Quantizers reproduce ``quantize_row_q{2,3,4,5,6}_K_ref`` of ggml-quants.c (what
+``ggml_quantize_chunk`` runs without an importance matrix).  Their scale searches
+(``make_qkx2_quants``, ``make_qx_quants``, ``make_q3_quants``) are vectorized over all
+sub-blocks of a chunk: arrays are laid out element-major, ``(n, m)`` = (element within the
+sub-block, sub-block), so the C loops over the n elements become n contiguous row
+operations and the C sums become ``cumsum`` along axis 0 (sequential, as in C).
+
+Block layouts (bytes):
+
+    Q2_K  [16 scales: lo nibble scale, hi nibble min][64 qs: 2 bits][f16 d][f16 dmin]     84
+    Q3_K  [32 hmask][64 qs: 2 bits][12 scales: 6 bits][f16 d]                           110
+    Q4_K  [f16 d][f16 dmin][12 scales+mins: 6 bits][128 qs: 4 bits]                     144
+    Q5_K  [f16 d][f16 dmin][12 scales+mins][32 qh][128 qs]                              176
+    Q6_K  [128 ql][64 qh][16 scales: i8][f16 d]                                         210
+    Q8_K  [f32 d][256 qs: i8][16 bsums: i16]                                            292
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..types import GGMLType
+from ._common import (
+    F32,
+    Codec,
+    first_abs_max,
+    f16_bits_to_f32,
+    f32_to_f16_bits,
+    le_f16,
+    nearest_int,
+    put_u16,
+    seqsum,
+)
+
+QK_K = 256
+GROUP_MAX_EPS = F32(1e-15)
+_MAGIC = F32(12582912.0)  # 1.5 * 2^23, the nearest_int constant
+
+
+def _rint(v: np.ndarray) -> np.ndarray:
+    """``(float) nearest_int(v)``.  For |v| < 2^22 that is ``(v + M) - M``; other values
+    (inf, NaN, huge) take the exact bit-trick path."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        r = (v + _MAGIC) - _MAGIC
+    bad = ~(np.abs(v) < F32(4194303.0))
+    if bad.any():
+        r[bad] = nearest_int(v[bad]).astype(F32)
+    return r
+
+
+def _cl(v: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``MAX(lo, MIN(hi, l))`` on float-valued integers."""
+    return np.minimum(np.maximum(v, F32(lo)), F32(hi))
+
+
+def _u8(l_int: np.ndarray) -> np.ndarray:
+    """C assignment of an int to ``uint8_t``: keep the low byte."""
+    return (l_int.astype(np.int64) & 0xFF).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- scale searches
+
+
+def make_qkx2_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelta: float,
+                     nstep: int, use_mad: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``make_qkx2_quants`` for every column of ``x`` (n, m) with weights ``w`` (n, m).
+
+    Returns ``(scale (m,), the_min (m,), L (n, m) float)``: the affine quantization
+    ``x ~ scale*L - the_min`` with the least weighted error among ``nstep+1`` trial scales.
+    """
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        mn = np.fmin.reduce(x, axis=0)
+        mx = np.fmax.reduce(x, axis=0)
+        first_nan = np.isnan(x[0])
+        if first_nan.any():  # `x[i] < min` never holds once min is NaN
+            mn = np.where(first_nan, x[0], mn)
+            mx = np.where(first_nan, x[0], mx)
+        sum_w = seqsum(w, axis=0, start_zero=False)
+        sum_x = seqsum(w * x, axis=0, start_zero=False)
+        mn = np.where(mn > 0, F32(0), mn)
+        flat = mx == mn
+        rng = np.where(flat, F32(1), mx - mn)
+        iscale = F32(nmax) / rng
+        scale = F32(1) / iscale
+        L = _cl(_rint(iscale * (x - mn)), 0, nmax)
+        diff = scale * L + mn - x
+        diff = np.abs(diff) if use_mad else diff * diff
+        best = seqsum(w * diff, axis=0)
+        for step in range(nstep + 1):
+            iscale = (F32(rmin) + F32(rdelta) * F32(step) + F32(nmax)) / np.where(flat, F32(1), mx - mn)
+            la = _cl(_rint(iscale * (x - mn)), 0, nmax)
+            wl = w * la
+            sum_l = seqsum(wl, axis=0)
+            sum_l2 = seqsum(wl * la, axis=0)
+            sum_xl = seqsum(wl * x, axis=0)
+            D = sum_w * sum_l2 - sum_l * sum_l
+            this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
+            this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
+            pos = this_min > 0
+            this_min = np.where(pos, F32(0), this_min)
+            this_scale = np.where(pos, sum_xl / sum_l2, this_scale)
+            diff = this_scale * la + this_min - x
+            diff = np.abs(diff) if use_mad else diff * diff
+            cur = seqsum(w * diff, axis=0)
+            better = (D > 0) & (cur < best) & ~flat
+            if better.any():
+                L = np.where(better, la, L)
+                best = np.where(better, cur, best)
+                scale = np.where(better, this_scale, scale)
+                mn = np.where(better, this_min, mn)
+    L = np.where(flat, F32(0), L)
+    scale = np.where(flat, F32(0), scale)
+    return scale, -mn, L
+
+
+def make_qx_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """``make_qx_quants(n, nmax, x, L, rmse_type=1, qw=NULL)`` per column of ``x`` (n, m):
+    symmetric quantization with weights ``x*x`` and 18 trial scales around ``-nmax/max``.
+    Returns ``(scale (m,), L (n, m) float, in [0, 2*nmax))``."""
+    amax, mx = first_abs_max(x.T)
+    zero = amax < GROUP_MAX_EPS
+    mx = np.where(zero, F32(1), mx)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        w = x * x
+
+        def trial(iscale):
+            lv = _cl(_rint(iscale * x), -nmax, nmax - 1)
+            wl = w * x * lv
+            return lv, seqsum(wl, axis=0), seqsum(w * lv * lv, axis=0)
+
+        iscale = F32(-nmax) / mx
+        lv, sumlx, suml2 = trial(iscale)
+        L = lv + F32(nmax)
+        scale = np.where(suml2 != 0, sumlx / np.where(suml2 != 0, suml2, F32(1)), F32(0))
+        best = scale * sumlx
+        for step in range(-9, 10):
+            if step == 0:
+                continue
+            iscale = -(F32(nmax) + F32(0.1) * F32(step)) / mx
+            lv, sumlx, suml2 = trial(iscale)
+            better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
+            if better.any():
+                L = np.where(better, lv + F32(nmax), L)
+                scale = np.where(better, sumlx / suml2, scale)
+                best = np.where(better, scale * sumlx, best)
+    return np.where(zero, F32(0), scale), np.where(zero, F32(0), L)
+
+
+def make_q3_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """``make_q3_quants(n, nmax, x, L, do_rmse=true)`` per column of ``x`` (n, m): start from
+    ``-nmax/max``, then up to 5 passes of per-element coordinate descent on the weighted
+    error.  Returns ``(scale (m,), L (n, m) float, in [0, 2*nmax))``."""
+    n = x.shape[0]
+    amax, mx = first_abs_max(x.T)
+    zero = amax < GROUP_MAX_EPS
+    mx = np.where(zero, F32(1), mx)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        iscale = F32(-nmax) / mx
+        L = _cl(_rint(iscale * x), -nmax, nmax - 1)
+        w = x * x
+        wx = w * x
+        sumlx = seqsum(wx * L, axis=0)
+        suml2 = seqsum(w * L * L, axis=0)
+        active = ~zero
+        for _ in range(5):
+            changed = np.zeros(x.shape[1], bool)
+            for i in range(n):
+                slx = sumlx - wx[i] * L[i]
+                ok = active & (slx > 0)
+                sl2 = suml2 - w[i] * L[i] * L[i]
+                new_l = _cl(_rint(x[i] * sl2 / slx), -nmax, nmax - 1)
+                ok &= new_l != L[i]
+                slx2 = slx + wx[i] * new_l
+                sl22 = sl2 + w[i] * new_l * new_l
+                ok &= (sl22 > 0) & (slx2 * slx2 * suml2 > sumlx * sumlx * sl22)
+                if ok.any():
+                    L[i] = np.where(ok, new_l, L[i])
+                    sumlx = np.where(ok, slx2, sumlx)
+                    suml2 = np.where(ok, sl22, suml2)
+                    changed |= ok
+            active = active & changed
+            if not active.any():
+                break
+        scale = np.where(suml2 > 0, sumlx / np.where(suml2 > 0, suml2, F32(1)), F32(0))
+    return np.where(zero, F32(0), scale), np.where(zero, F32(0), L + F32(nmax))
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def _sub(x: np.ndarray, size: int) -> np.ndarray:
+    """(nb, 256) → element-major sub-blocks (size, nb*256/size)."""
+    return np.ascontiguousarray(x.reshape(-1, size).T)
+
+
+def _pos_max(v: np.ndarray) -> np.ndarray:
+    """``m = 0; if (v > m) m = v;`` along axis 1 (NaN ignored, +0.0 default)."""
+    m = np.fmax.reduce(v, axis=1)
+    return np.where(m > 0, m, F32(0))
+
+
+def _pack_2bit(L: np.ndarray) -> np.ndarray:
+    """(nb, 256) 2-bit values → (nb, 64): ``qs[j/4 + l] = L[j+l] | L[j+l+32]<<2 | ...``."""
+    q = L.astype(np.uint8).reshape(-1, 2, 4, 32)
+    return (q[:, :, 0] | (q[:, :, 1] << 2) | (q[:, :, 2] << 4) | (q[:, :, 3] << 6)).reshape(-1, 64)
+
+
+def _unpack_2bit(qs: np.ndarray) -> np.ndarray:
+    """(nb, 64) → (nb, 256) int: inverse of ``_pack_2bit``."""
+    q = qs.reshape(-1, 2, 1, 32)
+    shifts = np.array([0, 2, 4, 6], np.uint8).reshape(1, 1, 4, 1)
+    return ((q >> shifts) & 3).reshape(-1, 256).astype(np.int32)
+
+
+def _requant(x: np.ndarray, d: np.ndarray, dm: np.ndarray | None, lo: int, hi: int,
+             L: np.ndarray) -> np.ndarray:
+    """Final pass: ``if (!d) keep L; else l = clamp(nearest_int((x + dm)/d))`` (or ``x/d``).
+    ``x``, ``L``: (nb, nsub, size); ``d``, ``dm``: (nb, nsub)."""
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        dd = np.where(d == 0, F32(1), d)[..., None]
+        num = x if dm is None else x + dm[..., None]
+        new = _cl(_rint(num / dd), lo, hi)
+    return np.where((d == 0)[..., None], L, new)
+
+
+def _k4_scales(ls: np.ndarray, lm: np.ndarray) -> np.ndarray:
+    """Pack 8 six-bit scales and mins (nb, 8) into the 12 ``scales`` bytes of Q4_K/Q5_K."""
+    out = np.empty((ls.shape[0], 12), np.uint8)
+    out[:, 0:4] = ls[:, :4] | ((ls[:, 4:] >> 4) << 6)
+    out[:, 4:8] = lm[:, :4] | ((lm[:, 4:] >> 4) << 6)
+    out[:, 8:12] = (ls[:, 4:] & 0xF) | ((lm[:, 4:] & 0xF) << 4)
+    return out
+
+
+def _k4_unscales(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``get_scale_min_k4`` for j = 0..7: (nb, 12) bytes → scales, mins (nb, 8) uint8."""
+    sc = np.empty((s.shape[0], 8), np.uint8)
+    mn = np.empty((s.shape[0], 8), np.uint8)
+    sc[:, :4] = s[:, 0:4] & 63
+    mn[:, :4] = s[:, 4:8] & 63
+    sc[:, 4:] = (s[:, 8:12] & 0xF) | ((s[:, 0:4] >> 6) << 4)
+    mn[:, 4:] = (s[:, 8:12] >> 4) | ((s[:, 4:8] >> 6) << 4)
+    return sc, mn
+
+
+# --------------------------------------------------------------------------- Q4_K / Q5_K
+
+
+def _q45k(x: np.ndarray, nmax: int, rmin: float, nstep: int):
+    """Common part of ``quantize_row_q4_K_ref`` / ``q5_K_ref`` → (d, dmin bits, scales bytes, L (nb, 256))."""
+    nb = x.shape[0]
+    xs = _sub(x, 32)  # (32, nb*8)
+    with np.errstate(invalid="ignore", over="ignore"):
+        sum_x2 = seqsum(xs * xs, axis=0)
+        av_x = np.sqrt(sum_x2 / F32(32))
+        w = av_x + np.abs(xs)
+    scales, mins, L = make_qkx2_quants(xs, w, nmax, rmin, 0.1, nstep, False)
+    scales, mins = scales.reshape(nb, 8), mins.reshape(nb, 8)
+    L = L.T.reshape(nb, 8, 32)
+    max_scale, max_min = _pos_max(scales), _pos_max(mins)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        inv_scale = np.where(max_scale > 0, F32(63) / np.where(max_scale > 0, max_scale, F32(1)), F32(0))
+        inv_min = np.where(max_min > 0, F32(63) / np.where(max_min > 0, max_min, F32(1)), F32(0))
+        ls = np.minimum(_u8(nearest_int(inv_scale[:, None] * scales)), 63)
+        lm = np.minimum(_u8(nearest_int(inv_min[:, None] * mins)), 63)
+        d = f32_to_f16_bits(max_scale / F32(63))
+        dmin = f32_to_f16_bits(max_min / F32(63))
+        dl = f16_bits_to_f32(d)[:, None] * ls.astype(F32)
+        ml = f16_bits_to_f32(dmin)[:, None] * lm.astype(F32)
+    L = _requant(x.reshape(nb, 8, 32), dl, ml, 0, nmax, L)
+    return d, dmin, _k4_scales(ls, lm), L.reshape(nb, 256).astype(np.uint8)
+
+
+def quantize_q4_k(x: np.ndarray) -> np.ndarray:
+    d, dmin, scales, L = _q45k(x, 15, -1.0, 20)
+    out = np.empty((x.shape[0], 144), np.uint8)
+    put_u16(out, 0, d)
+    put_u16(out, 2, dmin)
+    out[:, 4:16] = scales
+    L = L.reshape(-1, 4, 2, 32)
+    out[:, 16:] = (L[:, :, 0] | (L[:, :, 1] << 4)).reshape(-1, 128)
+    return out
+
+
+def dequantize_q4_k(q: np.ndarray) -> np.ndarray:
+    d, dmin = le_f16(q, 0), le_f16(q, 2)
+    sc, mn = _k4_unscales(q[:, 4:16])
+    dl = d[:, None] * sc.astype(F32)  # (nb, 8)
+    ml = dmin[:, None] * mn.astype(F32)
+    qs = q[:, 16:].reshape(-1, 4, 1, 32)
+    v = np.concatenate([qs & 0xF, qs >> 4], axis=2).reshape(-1, 8, 32).astype(F32)
+    return (dl[..., None] * v - ml[..., None]).reshape(-1, 256)
+
+
+def quantize_q5_k(x: np.ndarray) -> np.ndarray:
+    d, dmin, scales, L = _q45k(x, 31, -0.5, 15)
+    out = np.empty((x.shape[0], 176), np.uint8)
+    put_u16(out, 0, d)
+    put_u16(out, 2, dmin)
+    out[:, 4:16] = scales
+    L = L.reshape(-1, 4, 2, 32)  # (nb, n/64, half, 32)
+    hi = L >> 4  # bit 4 of each quant → qh[j] bit (2*(n/64) + half)
+    shifts = (2 * np.arange(4)[:, None] + np.arange(2)[None, :]).astype(np.uint8)[None, :, :, None]
+    out[:, 16:48] = np.bitwise_or.reduce((hi << shifts).reshape(-1, 8, 32), axis=1)
+    lo = L & 0xF
+    out[:, 48:] = (lo[:, :, 0] | (lo[:, :, 1] << 4)).reshape(-1, 128)
+    return out
+
+
+def dequantize_q5_k(q: np.ndarray) -> np.ndarray:
+    d, dmin = le_f16(q, 0), le_f16(q, 2)
+    sc, mn = _k4_unscales(q[:, 4:16])
+    dl = d[:, None] * sc.astype(F32)
+    ml = dmin[:, None] * mn.astype(F32)
+    qh = q[:, 16:48].reshape(-1, 1, 32)
+    hbits = ((qh >> np.arange(8, dtype=np.uint8).reshape(1, 8, 1)) & 1) << 4  # (nb, 8, 32)
+    qs = q[:, 48:].reshape(-1, 4, 1, 32)
+    lo = np.concatenate([qs & 0xF, qs >> 4], axis=2).reshape(-1, 8, 32)
+    v = (lo + hbits).astype(F32)
+    return (dl[..., None] * v - ml[..., None]).reshape(-1, 256)
+
+
+# --------------------------------------------------------------------------- Q6_K
+
+
+def quantize_q6_k(x: np.ndarray) -> np.ndarray:
+    nb = x.shape[0]
+    scales, L = make_qx_quants(_sub(x, 16), 32)
+    scales = scales.reshape(nb, 16)
+    L = L.T.reshape(nb, 16, 16)
+    max_abs, max_scale = first_abs_max(scales)
+    zero = max_abs < GROUP_MAX_EPS
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        iscale = F32(-128) / np.where(zero, F32(1), max_scale)
+        d = f32_to_f16_bits(F32(1) / iscale)
+        sc = np.minimum(nearest_int(iscale[:, None] * scales), 127)
+        sc8 = (sc & 0xFF).astype(np.uint8).view(np.int8)  # int8_t store
+        dl = f16_bits_to_f32(d)[:, None] * sc8.astype(F32)
+    L = _requant(x.reshape(nb, 16, 16), dl, None, -32, 31, L - F32(32)) + F32(32)
+    L = np.where(zero[:, None, None], F32(0), L).reshape(nb, 256).astype(np.uint8)
+    out = np.zeros((nb, 210), np.uint8)
+    Lq = L.reshape(nb, 2, 4, 32)  # (half of 128, quarter, l)
+    lo, hi = Lq & 0xF, Lq >> 4
+    out[:, :128] = np.stack([lo[:, :, 0] | (lo[:, :, 2] << 4), lo[:, :, 1] | (lo[:, :, 3] << 4)], axis=2).reshape(nb, 128)
+    out[:, 128:192] = (hi[:, :, 0] | (hi[:, :, 1] << 2) | (hi[:, :, 2] << 4) | (hi[:, :, 3] << 6)).reshape(nb, 64)
+    out[:, 192:208] = np.where(zero[:, None], np.uint8(0), sc8.view(np.uint8))
+    put_u16(out, 208, np.where(zero, np.uint16(0), d))
+    return out
+
+
+def dequantize_q6_k(q: np.ndarray) -> np.ndarray:
+    d = le_f16(q, 208)
+    ql = q[:, :128].reshape(-1, 2, 2, 32)  # (half, ql[l] / ql[l+32], l)
+    qh = q[:, 128:192].reshape(-1, 2, 1, 32)
+    sc = q[:, 192:208].view(np.int8).reshape(-1, 2, 8).astype(F32)
+    lo = np.stack([ql[:, :, 0] & 0xF, ql[:, :, 1] & 0xF, ql[:, :, 0] >> 4, ql[:, :, 1] >> 4], axis=2)
+    hbits = (qh >> np.array([0, 2, 4, 6], np.uint8).reshape(1, 1, 4, 1)) & 3
+    v = ((lo | (hbits << 4)).astype(np.int32) - 32).astype(F32)  # (nb, 2, 4, 32)
+    # scale index for element 128*h + 32*k + l is 8*h + 2*k + l//16
+    s = sc.reshape(-1, 2, 4, 2)
+    dsc = (d[:, None, None, None] * s)  # d * sc (left to right)
+    v = v.reshape(-1, 2, 4, 2, 16) * dsc[..., None]
+    return v.reshape(-1, 256)
+
+
+# --------------------------------------------------------------------------- Q2_K / Q3_K
+
+
+def quantize_q2_k(x: np.ndarray) -> np.ndarray:
+    nb = x.shape[0]
+    xs = _sub(x, 16)
+    scales, mins, L = make_qkx2_quants(xs, np.abs(xs), 3, -0.5, 0.1, 15, True)
+    scales, mins = scales.reshape(nb, 16), mins.reshape(nb, 16)
+    L = L.T.reshape(nb, 16, 16)
+    max_scale, max_min = _pos_max(scales), _pos_max(mins)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        sp, mp = max_scale > 0, max_min > 0
+        ls = nearest_int((F32(15) / np.where(sp, max_scale, F32(1)))[:, None] * scales)
+        lm = nearest_int((F32(15) / np.where(mp, max_min, F32(1)))[:, None] * mins)
+        sbytes = np.where(sp[:, None], ls, 0)
+        sbytes = _u8(np.where(mp[:, None], sbytes | (lm << 4), sbytes))
+        d = np.where(sp, f32_to_f16_bits(max_scale / F32(15)), f32_to_f16_bits(np.zeros(nb, F32)))
+        dmin = np.where(mp, f32_to_f16_bits(max_min / F32(15)), f32_to_f16_bits(np.zeros(nb, F32)))
+        dl = f16_bits_to_f32(d)[:, None] * (sbytes & 0xF).astype(F32)
+        ml = f16_bits_to_f32(dmin)[:, None] * (sbytes >> 4).astype(F32)
+    L = _requant(x.reshape(nb, 16, 16), dl, ml, 0, 3, L).reshape(nb, 256)
+    out = np.empty((nb, 84), np.uint8)
+    out[:, :16] = sbytes
+    out[:, 16:80] = _pack_2bit(L)
+    put_u16(out, 80, d)
+    put_u16(out, 82, dmin)
+    return out
+
+
+def dequantize_q2_k(q: np.ndarray) -> np.ndarray:
+    d, dmin = le_f16(q, 80), le_f16(q, 82)
+    sc = q[:, :16]
+    dl = d[:, None] * (sc & 0xF).astype(F32)
+    ml = dmin[:, None] * (sc >> 4).astype(F32)
+    v = _unpack_2bit(q[:, 16:80]).reshape(-1, 16, 16).astype(F32)
+    return (dl[..., None] * v - ml[..., None]).reshape(-1, 256)
+
+
+def _q3_scales_unpack(s: np.ndarray) -> np.ndarray:
+    """12 scale bytes → 16 six-bit values (nb, 16) int32, before the ``- 32``."""
+    j = np.arange(16)
+    low = np.where(j < 8, s[:, j % 8] & 0xF, s[:, j % 8] >> 4)
+    high = (s[:, 8 + j % 4] >> (2 * (j // 4))) & 3
+    return (low | (high << 4)).astype(np.int32)
+
+
+def quantize_q3_k(x: np.ndarray) -> np.ndarray:
+    nb = x.shape[0]
+    scales, L = make_q3_quants(_sub(x, 16), 4)
+    scales = scales.reshape(nb, 16)
+    L = L.T.reshape(nb, 16, 16)
+    amax, max_scale = first_abs_max(scales)
+    nz = max_scale != 0
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        iscale = F32(-32) / np.where(nz, max_scale, F32(1))
+        li = nearest_int(iscale[:, None] * scales).astype(np.int8).astype(np.int32)  # int8_t l
+        li = np.minimum(np.maximum(li, -32), 31) + 32
+        li = np.where(nz[:, None], li, 0)
+        sbytes = np.zeros((nb, 12), np.uint8)
+        sbytes[:, :8] = (li[:, :8] & 0xF) | ((li[:, 8:] & 0xF) << 4)
+        hi = (li >> 4) & 3  # (int8_t l) >>= 4 of a value in [0, 63]
+        for j in range(16):
+            sbytes[:, 8 + j % 4] |= (hi[:, j] << (2 * (j // 4))).astype(np.uint8)
+        d = np.where(nz, f32_to_f16_bits(F32(1) / iscale), f32_to_f16_bits(np.zeros(nb, F32)))
+        sc = _q3_scales_unpack(sbytes) - 32
+        dl = f16_bits_to_f32(d)[:, None] * sc.astype(F32)
+    L = _requant(x.reshape(nb, 16, 16), dl, None, -4, 3, L - F32(4)) + F32(4)
+    L = L.reshape(nb, 256).astype(np.uint8)
+    high = L > 3
+    Lr = np.where(high, L - 4, L)
+    # hmask[m] bit k <- high bit of L[32*k + m]
+    hm = high.reshape(nb, 8, 32).astype(np.uint8) << np.arange(8, dtype=np.uint8).reshape(1, 8, 1)
+    out = np.empty((nb, 110), np.uint8)
+    out[:, :32] = np.bitwise_or.reduce(hm, axis=1)
+    out[:, 32:96] = _pack_2bit(Lr)
+    out[:, 96:108] = sbytes
+    put_u16(out, 108, d)
+    return out
+
+
+def dequantize_q3_k(q: np.ndarray) -> np.ndarray:
+    d = le_f16(q, 108)
+    sc = (_q3_scales_unpack(q[:, 96:108]) - 32).astype(np.int8).astype(F32)
+    dl = d[:, None] * sc  # (nb, 16)
+    low = _unpack_2bit(q[:, 32:96])  # (nb, 256)
+    hm = q[:, :32].reshape(-1, 1, 32)
+    hbit = ((hm >> np.arange(8, dtype=np.uint8).reshape(1, 8, 1)) & 1).reshape(-1, 256)
+    v = (low - np.where(hbit != 0, 0, 4)).astype(F32).reshape(-1, 16, 16)
+    return (dl[..., None] * v).reshape(-1, 256)
+
+
+# --------------------------------------------------------------------------- Q8_K
+
+
+def dequantize_q8_k(q: np.ndarray) -> np.ndarray:
+    d = np.ascontiguousarray(q[:, :4]).view("<f4")  # (nb, 1)
+    return d.astype(F32) * q[:, 4:260].view(np.int8).astype(F32)
+
+
+CODECS: dict[int, Codec] = {
+    GGMLType.Q2_K: Codec(quantize_q2_k, dequantize_q2_k, ((80, 2, 2),)),
+    GGMLType.Q3_K: Codec(quantize_q3_k, dequantize_q3_k, ((108, 2, 1),)),
+    GGMLType.Q4_K: Codec(quantize_q4_k, dequantize_q4_k, ((0, 2, 2),)),
+    GGMLType.Q5_K: Codec(quantize_q5_k, dequantize_q5_k, ((0, 2, 2),)),
+    GGMLType.Q6_K: Codec(quantize_q6_k, dequantize_q6_k, ((208, 2, 1),)),
+    GGMLType.Q8_K: Codec(None, dequantize_q8_k, ((0, 4, 1), (260, 2, 16))),
+}

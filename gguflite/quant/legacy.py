@@ -1,0 +1,200 @@
+"""The legacy 32-element block types: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1.
+
+Each quantizer is ``quantize_row_*_ref`` of ggml-quants.c vectorized over blocks; the
+comments quote the C expression each line reproduces.  Layouts (bytes):
+
+    Q4_0  [f16 d][16 B: q[j] | q[j+16] << 4]
+    Q4_1  [f16 d][f16 m][16 B]
+    Q5_0  [f16 d][u32 qh][16 B]    bit 4 of q[j] -> qh bit j
+    Q5_1  [f16 d][f16 m][u32 qh][16 B]
+    Q8_0  [f16 d][32 x i8]
+    Q8_1  [f16 d][f16 s = d*sum(q)][32 x i8]
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..types import GGMLType
+from ._common import (
+    F32,
+    Codec,
+    cvtt_i32,
+    first_abs_max,
+    fold_max_abs,
+    f32_to_f16_bits,
+    le_f16,
+    pack_nibbles,
+    put_u16,
+    roundf,
+    safe_inv,
+)
+
+_FLT_MAX = F32(np.finfo(np.float32).max)
+
+
+def _min_max(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``min = FLT_MAX, max = -FLT_MAX; if (v < min) min = v; if (v > max) max = v;`` per row:
+    NaN ignored, and a zero result keeps the sign of the first zero, as the C loop does."""
+    mn = np.fmin(np.fmin.reduce(x, axis=1), _FLT_MAX)
+    mx = np.fmax(np.fmax.reduce(x, axis=1), -_FLT_MAX)
+    for v in (mn, mx):
+        z = v == 0
+        if z.any():  # which zero (+0.0 or -0.0) came first
+            sub = x[z]
+            idx = (sub == 0).argmax(axis=1)
+            v[z] = sub[np.arange(len(idx)), idx]
+    return mn, mx
+
+
+def _qh_bits(q: np.ndarray) -> np.ndarray:
+    """Bit 4 of each of the 32 quants → the 4 little-endian bytes of ``qh`` (n, 4)."""
+    bits = ((q >> 4) & 1).astype(np.uint8)  # (n, 32): bit j of qh
+    return np.packbits(bits, axis=1, bitorder="little")
+
+
+def _unpack_qh(qh: np.ndarray) -> np.ndarray:
+    """(n, 4) qh bytes → (n, 32) bit values 0/16."""
+    return np.unpackbits(qh, axis=1, bitorder="little").astype(np.int32) << 4
+
+
+def _nibbles(qs: np.ndarray) -> np.ndarray:
+    """(n, 16) bytes → (n, 32) ints: low nibbles then high nibbles."""
+    return np.concatenate([qs & 0x0F, qs >> 4], axis=1).astype(np.int32)
+
+
+# --------------------------------------------------------------------------- Q4_0 / Q5_0
+
+
+def _quantize_sym(x: np.ndarray, div: float, bias: float, qmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """Q4_0/Q5_0: ``d = max / -div; q = MIN(qmax, (int8_t)(x*id + bias))`` → (d bits, q int32)."""
+    _, mx = first_abs_max(x)
+    d = mx / F32(-div)
+    idd = safe_inv(d)
+    with np.errstate(invalid="ignore"):
+        v = x * idd[:, None] + F32(bias)
+    q = cvtt_i32(v).astype(np.int8).astype(np.int32)  # (int8_t) keeps the low byte
+    return f32_to_f16_bits(d), np.minimum(q, qmax)
+
+
+def quantize_q4_0(x: np.ndarray) -> np.ndarray:
+    d, q = _quantize_sym(x, 8, 8.5, 15)
+    out = np.empty((x.shape[0], 18), np.uint8)
+    put_u16(out, 0, d)
+    out[:, 2:] = pack_nibbles(q[:, :16], q[:, 16:])  # (uint8_t) of a negative q keeps its high bits
+    return out
+
+
+def dequantize_q4_0(q: np.ndarray) -> np.ndarray:
+    d = le_f16(q, 0)
+    return (_nibbles(q[:, 2:]) - 8).astype(F32) * d[:, None]
+
+
+def quantize_q5_0(x: np.ndarray) -> np.ndarray:
+    d, q = _quantize_sym(x, 16, 16.5, 31)
+    q = q & 0xFF  # uint8_t xi
+    out = np.empty((x.shape[0], 22), np.uint8)
+    put_u16(out, 0, d)
+    out[:, 2:6] = _qh_bits(q)
+    out[:, 6:] = pack_nibbles(q[:, :16] & 0x0F, q[:, 16:] & 0x0F)
+    return out
+
+
+def dequantize_q5_0(q: np.ndarray) -> np.ndarray:
+    d = le_f16(q, 0)
+    v = (_nibbles(q[:, 6:]) | _unpack_qh(q[:, 2:6])) - 16
+    return v.astype(F32) * d[:, None]
+
+
+# --------------------------------------------------------------------------- Q4_1 / Q5_1
+
+
+def _quantize_affine(x: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Q4_1/Q5_1: ``d = (max-min)/levels; q = (x-min)*id + 0.5f`` truncated → (d, m, q int32)."""
+    mn, mx = _min_max(x)
+    with np.errstate(invalid="ignore", over="ignore"):
+        d = (mx - mn) / F32(levels)
+        idd = safe_inv(d)
+        v = (x - mn[:, None]) * idd[:, None] + F32(0.5)
+    return f32_to_f16_bits(d), f32_to_f16_bits(mn), cvtt_i32(v) & 0xFF
+
+
+def quantize_q4_1(x: np.ndarray) -> np.ndarray:
+    d, m, q = _quantize_affine(x, 15)
+    q = np.minimum(q.astype(np.int8).astype(np.int32), 15)  # MIN(15, (int8_t)...)
+    out = np.empty((x.shape[0], 20), np.uint8)
+    put_u16(out, 0, d)
+    put_u16(out, 2, m)
+    out[:, 4:] = pack_nibbles(q[:, :16], q[:, 16:])
+    return out
+
+
+def dequantize_q4_1(q: np.ndarray) -> np.ndarray:
+    d, m = le_f16(q, 0), le_f16(q, 2)
+    return _nibbles(q[:, 4:]).astype(F32) * d[:, None] + m[:, None]
+
+
+def quantize_q5_1(x: np.ndarray) -> np.ndarray:
+    d, m, q = _quantize_affine(x, 31)  # (uint8_t), no clamp
+    out = np.empty((x.shape[0], 24), np.uint8)
+    put_u16(out, 0, d)
+    put_u16(out, 2, m)
+    out[:, 4:8] = _qh_bits(q)
+    out[:, 8:] = pack_nibbles(q[:, :16] & 0x0F, q[:, 16:] & 0x0F)
+    return out
+
+
+def dequantize_q5_1(q: np.ndarray) -> np.ndarray:
+    d, m = le_f16(q, 0), le_f16(q, 2)
+    v = _nibbles(q[:, 8:]) | _unpack_qh(q[:, 4:8])
+    return v.astype(F32) * d[:, None] + m[:, None]
+
+
+# --------------------------------------------------------------------------- Q8_0 / Q8_1
+
+
+def _quantize_q8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``amax = MAX(amax, fabsf(v)); d = amax/127; q = roundf(x*id)`` → (d float32, q int8)."""
+    d = fold_max_abs(x) / F32(127)
+    idd = safe_inv(d)
+    with np.errstate(invalid="ignore"):
+        r = roundf(x * idd[:, None])
+    return d, cvtt_i32(r).astype(np.int8)
+
+
+def quantize_q8_0(x: np.ndarray) -> np.ndarray:
+    d, q = _quantize_q8(x)
+    out = np.empty((x.shape[0], 34), np.uint8)
+    put_u16(out, 0, f32_to_f16_bits(d))
+    out[:, 2:] = q.view(np.uint8)
+    return out
+
+
+def dequantize_q8_0(q: np.ndarray) -> np.ndarray:
+    d = le_f16(q, 0)
+    return q[:, 2:].view(np.int8).astype(F32) * d[:, None]
+
+
+def quantize_q8_1(x: np.ndarray) -> np.ndarray:
+    d, q = _quantize_q8(x)
+    s = q.astype(np.int32).sum(axis=1)  # int sum: order does not matter
+    out = np.empty((x.shape[0], 36), np.uint8)
+    put_u16(out, 0, f32_to_f16_bits(d))
+    with np.errstate(invalid="ignore"):
+        put_u16(out, 2, f32_to_f16_bits(s.astype(F32) * d))  # sum*d
+    out[:, 4:] = q.view(np.uint8)
+    return out
+
+
+def dequantize_q8_1(q: np.ndarray) -> np.ndarray:
+    d = le_f16(q, 0)  # s is redundant (d * sum(q)); ggml's to_float ignores it too
+    return q[:, 4:].view(np.int8).astype(F32) * d[:, None]
+
+
+CODECS: dict[int, Codec] = {
+    GGMLType.Q4_0: Codec(quantize_q4_0, dequantize_q4_0, ((0, 2, 1),)),
+    GGMLType.Q4_1: Codec(quantize_q4_1, dequantize_q4_1, ((0, 2, 2),)),
+    GGMLType.Q5_0: Codec(quantize_q5_0, dequantize_q5_0, ((0, 2, 1), (2, 4, 1))),
+    GGMLType.Q5_1: Codec(quantize_q5_1, dequantize_q5_1, ((0, 2, 2), (4, 4, 1))),
+    GGMLType.Q8_0: Codec(quantize_q8_0, dequantize_q8_0, ((0, 2, 1),)),
+    GGMLType.Q8_1: Codec(quantize_q8_1, dequantize_q8_1, ((0, 2, 2),)),
+}
