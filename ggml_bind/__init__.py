@@ -11,3 +11,19 @@ Modules, in reading order: ``errors`` (exceptions), ``lib`` (loading, checks, lo
 from .errors import *  # noqa: F401,F403  (the exception hierarchy is part of the API)
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # Lazy re-exports: `from ggml_bind import Backend` imports the module (no C loaded yet).
+    import importlib
+
+    where = {
+        "Backend": "backend", "Buffer": "backend", "Scheduler": "backend", "devices": "backend",
+        "has_cuda": "backend", "Context": "tensor", "Tensor": "tensor", "Graph": "graph",
+        "load_weights": "weights", "Weights": "weights",
+    }
+    if name in where:
+        return getattr(importlib.import_module(f".{where[name]}", __name__), name)
+    if name in ("ops", "quant", "lib", "backend", "tensor", "graph", "weights"):
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'ggml_bind' has no attribute {name!r}")

@@ -1,0 +1,190 @@
+"""Compute graphs: built once, allocated through a scheduler, recomputed with new inputs.
+
+This is llama.cpp's recipe (graphs are "single-use in terms of allocation, multi-use in
+terms of computation", ggml-backend.h): build the graph once in its own metadata context,
+reserve the scheduler's compute buffers for the worst case, then for each call only copy
+the new inputs in and compute.  Nothing is rebuilt while shapes stay the same.
+
+    import numpy as np
+    from ggml_bind import Backend, Scheduler, Graph, ops
+    from ggml_bind.weights import load_weights
+
+    sched = Scheduler([Backend("cpu", n_threads=2)])
+    W = load_weights("model.gguf", sched.backends[0])      # name -> Tensor in a WEIGHTS buffer
+
+    def build(ctx):                                        # runs once
+        x = ctx.input("x", "f32", (n_tokens, 64))           # numpy-order shapes
+        h = ops.add(ctx, ops.mul_mat(ctx, W["fc.weight"], x), W["fc.bias"])
+        return {"y": ops.gelu(ctx, h)}
+
+    g = Graph(sched, build, max_nodes=64)                  # builds, checks, reserves
+    y = g.compute({"x": np.ones((n_tokens, 64), np.float32)})["y"]
+    y = g.compute({"x": other})["y"]                       # same graph, new input
+
+Checks done here (ggml would abort instead): the graph fits ``max_nodes``; some backend of
+the scheduler supports every node (``ggml_backend_supports_op``); every input is given with
+its exact shape; index inputs of get_rows/set_rows hold values inside their table.
+
+When several graphs share one scheduler (e.g. one per sequence length), the one computed
+last holds the compute buffers; computing another re-allocates (cheap, no rebuild).  Call
+``sched.reserve(worst_case_graph)`` once first so re-allocation never grows the buffers.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from . import lib as _lib
+from .backend import Scheduler
+from .errors import GGMLError, GGMLFreedError, GGMLShapeError
+from .tensor import Context, Tensor
+
+
+class Graph:
+    """One ggml graph over weights and named inputs, bound to a :class:`Scheduler`.
+
+    Args:
+        sched: the scheduler that allocates and runs it.
+        build: ``build(ctx) -> Tensor | dict[str, Tensor] | list[Tensor]``; creates inputs
+            with ``ctx.input(name, type, shape)`` and ops with ``ops.*(ctx, ...)``.
+        max_nodes: upper bound on graph nodes (and on tensors created by ``build``).
+        reserve: reserve the scheduler for this graph (pass False for graphs smaller than
+            one already reserved).
+    """
+
+    def __init__(self, sched: Scheduler, build: Callable, *, max_nodes: int = 2048, reserve: bool = True):
+        C, ffi = _lib.C(), _lib.ffi()
+        if not isinstance(sched, Scheduler):
+            raise GGMLError(f"sched must be a Scheduler, got {type(sched).__name__}")
+        if max_nodes > sched.graph_size:
+            raise GGMLError(f"max_nodes {max_nodes} exceeds the scheduler's graph_size {sched.graph_size}")
+        self.sched = sched
+        self.max_nodes = int(max_nodes)
+        self._allocated = False
+        self.ctx = Context(n_tensors=self.max_nodes, graph_size=self.max_nodes)
+        self.ctx.graph = self
+        outs = build(self.ctx)
+        self.outputs = _named_outputs(outs)
+        self._check_size(list(self.outputs.values()))
+        self.ptr = C.ggml_new_graph_custom(self.ctx.ptr, self.max_nodes, False)
+        for t in self.outputs.values():
+            C.ggml_set_output(t.ptr)
+            C.ggml_build_forward_expand(self.ptr, t.ptr)
+        self.inputs = {
+            t.name: t for t in self.ctx.tensors() if t.ptr.flags & C.GGML_TENSOR_FLAG_INPUT
+        }
+        self._index_bounds = {
+            name: self.ctx.index_bounds[int(ffi.cast("uintptr_t", t.ptr))]
+            for name, t in self.inputs.items()
+            if int(ffi.cast("uintptr_t", t.ptr)) in self.ctx.index_bounds
+        }
+        self._check_supported()
+        if reserve:
+            sched.reserve(self)
+
+    # ---------------------------------------------------------------- checks
+    def _check_size(self, outputs: list[Tensor]) -> None:
+        """Count the nodes and leafs build_forward_expand would add (it aborts past size)."""
+        C, ffi = _lib.C(), _lib.ffi()
+        seen, nodes, leafs = set(), 0, 0
+        stack = [t.ptr for t in outputs]
+        while stack:
+            p = stack.pop()
+            key = int(ffi.cast("uintptr_t", p))
+            if key in seen:
+                continue
+            seen.add(key)
+            if p.op == C.GGML_OP_NONE:
+                leafs += 1
+            else:
+                nodes += 1
+            for s in p.src:
+                if s != ffi.NULL:
+                    stack.append(s)
+        if nodes >= self.max_nodes or leafs >= self.max_nodes:
+            raise GGMLError(f"graph has {nodes} nodes and {leafs} leafs; max_nodes={self.max_nodes} is too small")
+        self.n_nodes, self.n_leafs = nodes, leafs
+
+    def _check_supported(self) -> None:
+        C, ffi = _lib.C(), _lib.ffi()
+        for i in range(C.ggml_graph_n_nodes(self.ptr)):
+            node = C.ggml_graph_node(self.ptr, i)
+            if not any(C.ggml_backend_supports_op(b.ptr, node) for b in self.sched.backends):
+                t = Tensor(self.ctx, node)
+                srcs = [Tensor(self.ctx, s) for s in node.src if s != ffi.NULL]
+                desc = ", ".join(f"{s.type_name} {s.shape}" for s in srcs)
+                opname = ffi.string(C.ggml_op_desc(node)).decode()
+                raise GGMLError(
+                    f"no backend ({', '.join(b.name for b in self.sched.backends)}) supports {opname} "
+                    f"on ({desc}) -> {t.type_name} {t.shape}", op=opname, tensor=t.name or None
+                )
+
+    def _check_sched(self, sched: Scheduler) -> None:
+        self.ctx.check()
+        if sched is not self.sched:
+            raise GGMLError("this graph belongs to another scheduler")
+
+    # ---------------------------------------------------------------- running
+    def alloc(self) -> None:
+        """Allocate the graph's tensors in the scheduler (done by :meth:`compute` when needed)."""
+        self.sched.alloc(self)
+        self._allocated = True
+
+    def set_inputs(self, inputs: dict) -> None:
+        """Copy numpy arrays into the named inputs (all of them, exact shapes)."""
+        unknown = set(inputs) - set(self.inputs)
+        missing = set(self.inputs) - set(inputs)
+        if unknown or missing:
+            raise GGMLError(
+                f"graph inputs are {sorted(self.inputs)}; unknown: {sorted(unknown)}, missing: {sorted(missing)}"
+            )
+        for name, (bound, op) in self._index_bounds.items():
+            v = np.asarray(inputs[name])
+            if v.size and (v.min() < 0 or v.max() >= bound):
+                raise GGMLShapeError(
+                    f"index input {name!r} has values in [{v.min()}, {v.max()}], must be in [0, {bound})", op=op
+                )
+        if not self._allocated:
+            self.alloc()
+        for name, t in self.inputs.items():
+            t.set(inputs[name])
+
+    def compute(self, inputs: dict | None = None, outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Set ``inputs``, run the graph, return the named outputs as numpy arrays."""
+        self.ctx.check()
+        self.set_inputs(inputs or {})
+        self.sched.compute(self)
+        names = list(self.outputs) if outputs is None else outputs
+        return {n: self.outputs[n].get() for n in names}
+
+    def free(self) -> None:
+        """Free the graph's context now (its tensors become invalid)."""
+        if self.sched.current is self:
+            self.sched.reset()
+        self._allocated = False
+        self.ctx.free()
+
+    def __getitem__(self, name: str) -> Tensor:
+        if name in self.outputs:
+            return self.outputs[name]
+        if name in self.inputs:
+            return self.inputs[name]
+        raise KeyError(name)
+
+
+def _named_outputs(outs) -> dict[str, Tensor]:
+    if isinstance(outs, Tensor):
+        outs = {outs.name or "out": outs}
+    elif isinstance(outs, (list, tuple)):
+        outs = {(t.name or f"out{i}"): t for i, t in enumerate(outs)}
+    if not isinstance(outs, dict) or not outs or not all(isinstance(t, Tensor) for t in outs.values()):
+        raise GGMLError("build() must return a Tensor, a non-empty list of Tensors or a dict name -> Tensor")
+    for name, t in outs.items():
+        t.ctx.check()
+        if t.name == "":
+            t.name = name
+    return dict(outs)
+
+
+__all__ = ["Graph", "GGMLFreedError"]
