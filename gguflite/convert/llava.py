@@ -1,0 +1,498 @@
+"""LLaVA checkpoint folder → two GGUF files: the LLM (``general.architecture=llama``) and
+the mmproj (``clip``: the CLIP tower + projector), as llama.cpp / libmtmd read them.
+
+    llm_path, mmproj_path = convert_llava("llava-v1.5-7b", vision_tower="clip-vit-large-patch14-336",
+                                          outdir="out", outtype="f16")
+
+What happens, in order (nothing is written until everything has been checked):
+
+1. ``Checkpoint`` opens the weights lazily (safetensors / restricted .bin, sharded or not);
+   ``layouts.detect`` reads config.json and refuses unknown layouts.
+2. Every source tensor is split into llm / vision / projector / newline and named through
+   ``gguflite.names``; unknown names are errors, known-but-unused ones are listed as dropped.
+3. Shapes are checked against the configs (LLM and tower), and the projector's input/output
+   widths against the tower width and the LLM's ``n_embd``.
+4. The vision tower is cut to the layer LLaVA reads: ``hidden_states[select]`` (-2 → the
+   first 23 of 24 blocks), written as ``clip.vision.block_count = 23`` and
+   ``clip.vision.feature_layer = [23]``; ``post_layernorm``/``visual_projection`` dropped.
+5. Both files are streamed one tensor at a time to hidden temp files in ``outdir``, each
+   tensor's CRC32 recorded; both are re-opened with ``gguflite.open`` and every tensor's
+   name, shape, type and CRC32 and the key metadata compared; only then are both renamed
+   into place.  Any failure (or Ctrl-C) removes both temp files: both outputs or neither.
+
+Tensor types: 1-D tensors (norms, biases, class embedding, image_newline) stay F32 as
+llama.cpp expects; convolution kernels are F16 (ggml's conv/im2col paths want F16 kernels);
+the position embedding follows f32/f16 (F16 for the other outtypes); 2-D weights take
+``outtype``, falling back to F16 when a row is not a whole number of quant blocks.
+``q4_k_m`` follows llama.cpp's mix: Q6_K for ``output.weight`` and for ``attn_v``/
+``ffn_down`` in the first and last eighth of the layers and every third layer, Q4_K
+elsewhere; the mmproj gets Q8_0 weights for any quantized outtype... (see ``_mmproj_type``).
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .. import names
+from ..errors import CheckpointError, GGUFError
+from ..types import GGMLType, TYPE_TRAITS, ValueType
+from .checkpoint import Checkpoint, as_float32
+from .layouts import Layout, detect, vision_params
+from .tokenizer import tokenizer_metadata
+
+OUTTYPES = {  # outtype -> (general.file_type, ggml type of 2-D weights)
+    "f32": (0, GGMLType.F32),
+    "f16": (1, GGMLType.F16),
+    "bf16": (32, GGMLType.BF16),
+    "q8_0": (7, GGMLType.Q8_0),
+    "q4_0": (2, GGMLType.Q4_0),
+    "q4_k_m": (15, GGMLType.Q4_K),
+}
+U32, I32, F32, STR, BOOL = ValueType.UINT32, ValueType.INT32, ValueType.FLOAT32, ValueType.STRING, ValueType.BOOL
+
+
+@dataclass
+class PlannedTensor:
+    """One output tensor: where it comes from and what it becomes."""
+
+    name: str  # GGUF name
+    source: object  # lazy checkpoint tensor (name, shape, dtype, load())
+    shape: tuple[int, ...]  # numpy order, after squeezing
+    type: GGMLType
+    permute_heads: int | None = None  # Q/K: n_head / n_head_kv
+    crc: int | None = None
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def convert_llava(model_dir, *, vision_tower=None, outdir=None, outtype: str = "f16",
+                  projector: str = "auto", progress: bool = True) -> tuple[str, str]:
+    """Convert the LLaVA checkpoint in ``model_dir``; returns ``(llm_path, mmproj_path)``,
+    ``<outdir>/<name>-<outtype>.gguf`` and ``<outdir>/mmproj-<name>-<outtype>.gguf`` where
+    ``<name>`` is the folder's name and ``outdir`` defaults to the current directory.
+    ``vision_tower``: the CLIP folder for checkpoints that do not carry their tower
+    (LLaVA-1.5, MobileVLM), or its config for those that do.  Raises ``CheckpointError``
+    (source problems) or another ``GGUFError``; then no output file exists."""
+    if outtype not in OUTTYPES:
+        raise ValueError(f"unknown outtype {outtype!r}; choose one of {', '.join(OUTTYPES)}")
+    model_dir = os.path.abspath(os.fspath(model_dir))
+    outdir = os.path.abspath(os.fspath(outdir) if outdir is not None else os.getcwd())
+    name = os.path.basename(model_dir.rstrip(os.sep)) or "model"
+    llm_path = os.path.join(outdir, f"{name}-{outtype}.gguf")
+    mmproj_path = os.path.join(outdir, f"mmproj-{name}-{outtype}.gguf")
+
+    opened = []
+    try:
+        ckpt = Checkpoint(model_dir)
+        opened.append(ckpt)
+        layout = detect(model_dir, ckpt.config, projector)
+        parts = _split(layout, ckpt)
+        tower_dir, tower_cfg = _tower(layout, parts, vision_tower, model_dir, opened)
+        layout.vision = vision_params(layout, tower_cfg, tower_dir,
+                                      {k: t.shape for k, t in parts["vision"].items()})
+        llm_plan = _plan_llm(layout, parts["llm"], outtype)
+        mm_plan = _plan_mmproj(layout, parts, outtype)
+        for p in (llm_path, mmproj_path):
+            if _same_file_in(p, [model_dir, tower_dir]):
+                raise CheckpointError("output would be written inside a source folder", path=p)
+        llm_meta = _llm_metadata(layout, name, outtype, model_dir)
+        mm_meta = _mmproj_metadata(layout, name, outtype)
+        os.makedirs(outdir, exist_ok=True)
+        _write_both(outdir, [(llm_path, llm_meta, llm_plan), (mmproj_path, mm_meta, mm_plan)], progress)
+    finally:
+        for c in opened:
+            c.close()
+    return llm_path, mmproj_path
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def _split(layout: Layout, ckpt: Checkpoint) -> dict[str, dict]:
+    parts: dict[str, dict] = {"llm": {}, "vision": {}, "projector": {}, "newline": {}}
+    for src_name, t in ckpt.tensors.items():
+        part, local = layout.split(src_name)
+        parts[part][local] = t
+    return parts
+
+
+def _tower(layout: Layout, parts, vision_tower, model_dir, opened):
+    """Find the vision tower: inside the checkpoint or in a separate CLIP folder."""
+    hint = layout.tower_hint
+    local_hint = hint if hint and os.path.isdir(os.path.join(model_dir, hint) if not os.path.isabs(hint) else hint) else None
+    if local_hint and not os.path.isabs(local_hint):
+        local_hint = os.path.join(model_dir, local_hint)
+    tower_dir = os.path.abspath(os.fspath(vision_tower)) if vision_tower is not None else local_hint
+    if parts["vision"]:
+        if tower_dir is None:
+            return None, None
+        from .checkpoint import read_json
+        return tower_dir, read_json(os.path.join(tower_dir, "config.json"))
+    if layout.vision_config is not None and tower_dir is None:
+        raise CheckpointError("config.json describes a vision tower but the checkpoint has no vision_tower.* tensors",
+                              path=model_dir)
+    if tower_dir is None:
+        raise CheckpointError(f"the checkpoint has no vision tower and {hint!r} is not a local folder: "
+                              "pass --vision-tower DIR (a CLIP ViT checkpoint folder)", path=model_dir)
+    tower = Checkpoint(tower_dir)
+    opened.append(tower)
+    mt = tower.config.get("model_type")
+    if mt not in ("clip", "clip_vision_model"):
+        raise CheckpointError(f"vision tower is a {mt!r} model, expected a CLIP model",
+                              path=os.path.join(tower_dir, "config.json"), key="model_type")
+    for n, t in tower.tensors.items():
+        parts["vision"][n] = t
+    return tower_dir, tower.config
+
+
+def _fail_shape(part: str, gname: str, src, want) -> CheckpointError:
+    return CheckpointError(f"shape mismatch: {part} tensor has shape {tuple(src.shape)}, the config implies {tuple(want)}",
+                           path=getattr(getattr(src, "_file", None), "path", None), tensor=src.name)
+
+
+def _plan_llm(layout: Layout, tensors: dict, outtype: str) -> list[PlannedTensor]:
+    tp = layout.text
+    q, kv = tp.n_head * tp.head_dim, tp.n_head_kv * tp.head_dim
+    expect = {"token_embd.weight": (tp.n_vocab, tp.n_embd), "output_norm.weight": (tp.n_embd,),
+              "output.weight": (tp.n_vocab, tp.n_embd)}
+    per_layer = {"attn_norm.weight": (tp.n_embd,), "attn_q.weight": (q, tp.n_embd), "attn_k.weight": (kv, tp.n_embd),
+                 "attn_v.weight": (kv, tp.n_embd), "attn_output.weight": (tp.n_embd, q),
+                 "ffn_norm.weight": (tp.n_embd,), "ffn_gate.weight": (tp.n_ff, tp.n_embd),
+                 "ffn_up.weight": (tp.n_ff, tp.n_embd), "ffn_down.weight": (tp.n_embd, tp.n_ff)}
+    for i in range(tp.n_layer):
+        expect.update({f"blk.{i}.{k}": v for k, v in per_layer.items()})
+    plan = []
+    for local, t in tensors.items():
+        gname, permute = names.map_name(names.LLAMA, local)
+        if gname is None:
+            continue
+        if gname not in expect:
+            raise CheckpointError(f"{gname} is outside the {tp.n_layer}-layer model of config.json", tensor=t.name)
+        if tuple(t.shape) != expect[gname]:
+            raise _fail_shape("LLM", gname, t, expect[gname])
+        heads = {"q": tp.n_head, "k": tp.n_head_kv}.get(permute)
+        plan.append(PlannedTensor(gname, t, tuple(t.shape), _llm_type(gname, t.shape, outtype, tp.n_layer), heads))
+    missing = set(expect) - {p.name for p in plan} - {"output.weight"}
+    if missing:
+        raise CheckpointError(f"LLM tensors missing from the checkpoint: {sorted(missing)[:6]}")
+    return sorted(plan, key=lambda p: _order(p.name))
+
+
+def _order(gname: str):
+    m = re.match(r"(v\.)?blk\.(\d+)\.", gname)
+    return (1, int(m.group(2)), gname) if m else (0 if not gname.startswith(("output", "mm.")) else 2, 0, gname)
+
+
+def _llm_type(gname: str, shape, outtype: str, n_layer: int) -> GGMLType:
+    if len(shape) == 1:
+        return GGMLType.F32
+    wtype = OUTTYPES[outtype][1]
+    if outtype == "q4_k_m":
+        m = re.match(r"blk\.(\d+)\.(attn_v|ffn_down)\.weight", gname)
+        if gname == "output.weight" or (m and _more_bits(int(m.group(1)), n_layer)):
+            wtype = GGMLType.Q6_K
+    return _fit(wtype, shape)
+
+
+def _more_bits(i: int, n: int) -> bool:
+    """llama.cpp's use_more_bits: first and last eighth of the layers, and every third."""
+    return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
+
+
+def _fit(wtype: GGMLType, shape) -> GGMLType:
+    """``wtype`` if a row is a whole number of its blocks, else F16."""
+    return wtype if shape[-1] % TYPE_TRAITS[wtype].block_size == 0 else GGMLType.F16
+
+
+def _mmproj_type(gname: str, shape, outtype: str, is_conv: bool) -> GGMLType:
+    if len(shape) == 1 or gname == "v.class_embd":
+        return GGMLType.F32
+    if is_conv:
+        return GGMLType.F16
+    if gname == "v.position_embd.weight":
+        return GGMLType.F32 if outtype == "f32" else GGMLType.F16
+    wtype = OUTTYPES[outtype][1]
+    if TYPE_TRAITS[wtype].quantized:
+        wtype = GGMLType.Q8_0  # the vision tower is small and sensitive: 8 bits whatever the LLM gets
+    return _fit(wtype, shape)
+
+
+def _plan_mmproj(layout: Layout, parts, outtype: str) -> list[PlannedTensor]:
+    vp, n_embd = layout.vision, layout.text.n_embd
+    keep = layout.feature_layer
+    d, f = vp.hidden, vp.n_ff
+    n_pos = (vp.image_size // vp.patch_size) ** 2 + 1
+    expect = {"v.class_embd": (d,), "v.patch_embd.weight": (d, 3, vp.patch_size, vp.patch_size),
+              "v.position_embd.weight": (n_pos, d), "v.pre_ln.weight": (d,), "v.pre_ln.bias": (d,)}
+    per_layer = {"attn_q": (d, d), "attn_k": (d, d), "attn_v": (d, d), "attn_out": (d, d), "ln1": None, "ln2": None,
+                 "ffn_up": (f, d), "ffn_down": (d, f)}
+    for i in range(vp.n_layer):
+        for k, w in per_layer.items():
+            expect[f"v.blk.{i}.{k}.weight"] = w or (d,)
+            expect[f"v.blk.{i}.{k}.bias"] = (w[0],) if w else (d,)
+    plan = []
+    for local, t in parts["vision"].items():
+        gname, _ = names.map_name(names.CLIP_VISION, local)
+        if gname is None:
+            continue
+        if gname not in expect:
+            raise CheckpointError(f"{gname} is outside the {vp.n_layer}-layer tower of {vp.source}", tensor=t.name)
+        if tuple(t.shape) != expect[gname]:
+            raise _fail_shape("vision", gname, t, expect[gname])
+        m = re.match(r"v\.blk\.(\d+)\.", gname)
+        if m and int(m.group(1)) >= keep:
+            continue  # after hidden_states[select]: never run
+        plan.append(PlannedTensor(gname, t, tuple(t.shape),
+                                  _mmproj_type(gname, t.shape, outtype, len(t.shape) == 4)))
+    missing = {k for k in expect if not re.match(r"v\.blk\.(\d+)\.", k) or int(k.split(".")[2]) < keep}
+    missing -= {p.name for p in plan}
+    if missing:
+        raise CheckpointError(f"vision tensors missing: {sorted(missing)[:6]}")
+
+    table = layout.projector_table()
+    proj = {}
+    for local, t in parts["projector"].items():
+        try:
+            gname, _ = names.map_name(table, local)
+        except names.UnknownTensorName:
+            raise names.UnknownTensorName(f"not a {layout.projector} projector tensor (try --projector)",
+                                          tensor=t.name) from None
+        shape = tuple(t.shape)
+        conv = len(shape) == 4
+        if conv:  # legacy layout: depthwise (d,1,3,3) -> (d,3,3); 1x1 convs -> 2-D
+            shape = tuple(s for s in shape if s != 1) or (1,)
+        proj[gname] = PlannedTensor(gname, t, shape, GGMLType.F32 if len(shape) == 1
+                                    else GGMLType.F16 if conv else _mmproj_type(gname, shape, outtype, False))
+    _check_projector(layout, proj, d, n_embd)
+    plan += proj.values()
+    for t in parts["newline"].values():
+        if tuple(t.shape) != (n_embd,):
+            raise _fail_shape("image_newline", "v.image_newline", t, (n_embd,))
+        plan.append(PlannedTensor("v.image_newline", t, (n_embd,), GGMLType.F32))
+    return sorted(plan, key=lambda p: _order(p.name))
+
+
+# first Linear (input width = tower width) and last tensor (output width = LLM n_embd)
+_PROJECTOR_ENDS = {
+    "mlp": ("mm.0.weight", "mm.2.weight", ["mm.0.weight", "mm.0.bias", "mm.2.weight", "mm.2.bias"]),
+    "ldp": ("mm.model.mlp.1.weight", "mm.model.mb_block.2.block.2.1.bias",
+            ["mm.model.mlp.1.weight", "mm.model.mlp.3.weight"]
+            + [f"mm.model.mb_block.{i}.block.{s}" for i in (1, 2)
+               for s in ("0.0.weight", "0.1.weight", "0.1.bias", "1.fc1.weight", "1.fc1.bias", "1.fc2.weight",
+                         "1.fc2.bias", "2.0.weight", "2.1.weight", "2.1.bias")]),
+    "ldpv2": ("mm.model.mlp.0.weight", "mm.model.peg.0.bias",
+              ["mm.model.mlp.0.weight", "mm.model.mlp.2.weight", "mm.model.peg.0.weight", "mm.model.peg.0.bias"]),
+}
+
+
+def _check_projector(layout: Layout, proj: dict, d_vis: int, n_embd: int):
+    first, last, required = _PROJECTOR_ENDS[layout.projector]
+    missing = [n for n in required if n not in proj]
+    if missing:
+        raise CheckpointError(f"{layout.projector} projector tensors missing: {missing[:6]} "
+                              "(llama.cpp's llava graph needs them)")
+    if proj[first].shape[-1] != d_vis:
+        raise CheckpointError(f"width mismatch: the projector takes {proj[first].shape[-1]}-wide features but the "
+                              f"vision tower is {d_vis} wide", tensor=proj[first].source.name)
+    if proj[last].shape[0] != n_embd:
+        raise CheckpointError(f"width mismatch: the projector outputs {proj[last].shape[0]}-wide embeddings but the "
+                              f"LLM's embedding_length is {n_embd}", tensor=proj[last].source.name)
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+def _llm_metadata(layout: Layout, name: str, outtype: str, model_dir: str):
+    tp = layout.text
+    meta = [("general.architecture", "llama", STR), ("general.type", "model", STR), ("general.name", name, STR),
+            ("general.file_type", OUTTYPES[outtype][0], U32)]
+    if TYPE_TRAITS[OUTTYPES[outtype][1]].quantized:
+        meta.append(("general.quantization_version", 2, U32))
+    meta += [("llama.context_length", tp.n_ctx, U32), ("llama.embedding_length", tp.n_embd, U32),
+             ("llama.block_count", tp.n_layer, U32), ("llama.feed_forward_length", tp.n_ff, U32),
+             ("llama.attention.head_count", tp.n_head, U32), ("llama.attention.head_count_kv", tp.n_head_kv, U32),
+             ("llama.attention.layer_norm_rms_epsilon", tp.rms_eps, F32),
+             ("llama.rope.dimension_count", tp.head_dim, U32), ("llama.rope.freq_base", tp.rope_theta, F32),
+             ("llama.vocab_size", tp.n_vocab, U32)]
+    if tp.head_dim * tp.n_head != tp.n_embd:
+        meta += [("llama.attention.key_length", tp.head_dim, U32), ("llama.attention.value_length", tp.head_dim, U32)]
+    meta += tokenizer_metadata(model_dir, tp.n_vocab, layout.pad_token_id)
+    return meta
+
+
+def _mmproj_metadata(layout: Layout, name: str, outtype: str):
+    vp = layout.vision
+    keep = layout.feature_layer
+    meta = [("general.architecture", "clip", STR), ("general.type", "mmproj", STR), ("general.name", name, STR),
+            ("general.description", f"image encoder for {layout.architecture} ({vp.source})", STR),
+            ("general.file_type", OUTTYPES[outtype][0], U32),
+            ("clip.has_vision_encoder", True, BOOL), ("clip.has_text_encoder", False, BOOL),
+            ("clip.projector_type", layout.projector, STR),
+            ("clip.use_gelu", vp.hidden_act == "gelu", BOOL), ("clip.use_silu", False, BOOL),
+            ("clip.vision.image_size", vp.image_size, U32), ("clip.vision.patch_size", vp.patch_size, U32),
+            ("clip.vision.embedding_length", vp.hidden, U32), ("clip.vision.feed_forward_length", vp.n_ff, U32),
+            ("clip.vision.projection_dim", layout.text.n_embd, U32),
+            ("clip.vision.attention.head_count", vp.n_head, U32),
+            ("clip.vision.attention.layer_norm_epsilon", vp.eps, F32),
+            ("clip.vision.block_count", keep, U32),
+            ("clip.vision.feature_layer", np.array([keep], np.int32), (ValueType.ARRAY, I32)),
+            ("clip.vision.image_mean", np.array(vp.image_mean, np.float32), (ValueType.ARRAY, F32)),
+            ("clip.vision.image_std", np.array(vp.image_std, np.float32), (ValueType.ARRAY, F32))]
+    if layout.grid_pinpoints:
+        flat = np.array([x for p in layout.grid_pinpoints for x in p], np.int32)
+        meta.append(("clip.vision.image_grid_pinpoints", flat, (ValueType.ARRAY, I32)))
+    if layout.patch_merge_type:
+        meta.append(("clip.vision.mm_patch_merge_type", layout.patch_merge_type, STR))
+    if layout.image_aspect_ratio:
+        meta.append(("clip.vision.image_aspect_ratio", layout.image_aspect_ratio, STR))
+    return meta
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _tensor_bytes(p: PlannedTensor) -> np.ndarray:
+    """The bytes of one output tensor, computed from its source now (streaming)."""
+    from .. import quant
+
+    src = p.source
+    arr = src.load()
+    if p.permute_heads:
+        arr = names.permute_qk(arr, p.permute_heads)
+    arr = arr.reshape(p.shape)
+    if p.type == GGMLType.F16 and src.dtype == "F16":
+        out = np.ascontiguousarray(arr, dtype="<f2")
+    elif p.type == GGMLType.BF16 and src.dtype == "BF16":
+        out = np.ascontiguousarray(arr, dtype="<u2")
+    else:
+        x = as_float32(arr, src.dtype)
+        if p.type == GGMLType.F32:
+            out = np.ascontiguousarray(x, dtype="<f4")
+        elif p.type == GGMLType.F16:
+            out = x.astype("<f2")
+        else:
+            out = quant.quantize(x, p.type)
+    return out
+
+
+class _Progress:
+    """A one-line progress bar on stderr: tensors and bytes done."""
+
+    def __init__(self, plans, enabled: bool):
+        self.total = sum(_out_nbytes(p) for _, _, plan in plans for p in plan)
+        self.n = sum(len(plan) for _, _, plan in plans)
+        self.done = self.i = 0
+        self.enabled = enabled and self.n > 0
+        self.t0 = self.last = time.monotonic()
+
+    def step(self, p: PlannedTensor):
+        self.i += 1
+        self.done += _out_nbytes(p)
+        now = time.monotonic()
+        if self.enabled and (now - self.last > 0.2 or self.i == self.n):
+            self.last = now
+            frac = self.done / max(self.total, 1)
+            bar = "#" * int(30 * frac)
+            sys.stderr.write(f"\r[{bar:<30}] {self.i}/{self.n} tensors {self.done / 1e6:.1f}/{self.total / 1e6:.1f} MB "
+                             f"{time.monotonic() - self.t0:.0f}s  {p.name[:40]:<40}")
+            if self.i == self.n:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def _out_nbytes(p: PlannedTensor) -> int:
+    t = TYPE_TRAITS[p.type]
+    n = 1
+    for s in p.shape:
+        n *= s
+    return n // t.block_size * t.type_size
+
+
+def _write_both(outdir: str, jobs, progress: bool):
+    from ..writer import GGUFWriter
+
+    bar = _Progress(jobs, progress)
+    temps = []
+    try:
+        for final, meta, plan in jobs:
+            fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(final)}.", suffix=".partial", dir=outdir)
+            os.close(fd)
+            temps.append(tmp)
+            w = GGUFWriter(tmp)
+            for key, value, vtype in meta:
+                w.add(key, value, type=vtype)
+            for p in plan:
+                w.add_tensor(p.name, p.shape, p.type, _source(p, bar))
+            w.write()
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it 0600; outputs are ordinary files
+        for (final, meta, plan), tmp in zip(jobs, temps):
+            _verify(tmp, meta, plan)
+        done = []
+        try:
+            for (final, _, _), tmp in zip(jobs, temps):
+                os.replace(tmp, final)
+                done.append(final)
+        except BaseException:
+            for f in done:
+                os.unlink(f)
+            raise
+        temps = []
+    finally:
+        for tmp in temps:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def _source(p: PlannedTensor, bar: _Progress) -> Callable[[], np.ndarray]:
+    def make():
+        out = _tensor_bytes(p)
+        p.crc = zlib.crc32(memoryview(np.ascontiguousarray(out)).cast("B"))
+        bar.step(p)
+        return out
+    return make
+
+
+def _verify(path: str, meta, plan):
+    """Re-open a written file and compare it with what was meant to be written."""
+    import gguflite
+
+    with gguflite.open(path) as f:
+        for key, value, _ in meta:
+            got = f.metadata.get(key)
+            if isinstance(value, (list, np.ndarray)):
+                ok = got is not None and len(got) == len(value) and all(
+                    (a == b) or (isinstance(a, float) and np.float32(a) == np.float32(b)) for a, b in zip(got, value))
+            elif isinstance(value, float):
+                ok = got is not None and np.float32(got) == np.float32(value)
+            else:
+                ok = got == value
+            if not ok:
+                raise GGUFError("written file does not read back: metadata differs", path=path, key=key)
+        if set(f.tensors) != {p.name for p in plan}:
+            raise GGUFError("written file does not read back: tensor set differs", path=path)
+        for p in plan:
+            info = f.tensors[p.name]
+            if tuple(info.shape) != p.shape or int(info.type) != int(p.type):
+                raise GGUFError(f"written file does not read back: {info.shape}/{info.type}", path=path, tensor=p.name)
+            data = info.data
+            if zlib.crc32(memoryview(np.ascontiguousarray(data)).cast("B")) != p.crc:
+                raise GGUFError("written file does not read back: tensor data differs", path=path, tensor=p.name)
+
+
+def _same_file_in(path: str, folders) -> bool:
+    path = os.path.realpath(path)
+    for d in folders:
+        if d and os.path.dirname(path) == os.path.realpath(d):
+            return True
+    return False

@@ -1,0 +1,248 @@
+"""A restricted, lazy reader for PyTorch ``.bin`` checkpoints (the zip format of
+``torch.save`` since 1.6) that needs no torch and can run nothing outside an allow-list.
+
+A ``.bin`` is a zip archive ``<root>/data.pkl`` + ``<root>/data/<key>`` (one uncompressed
+record per storage) + ``<root>/byteorder``.  ``data.pkl`` is a pickle, and unpickling an
+arbitrary pickle runs arbitrary code: every ``GLOBAL``/``STACK_GLOBAL``/``INST``/``EXT*``
+opcode goes through ``find_class``, which here returns only stand-ins from ``_ALLOWED``
+(the tensor-rebuild functions, the typed storage classes, ``OrderedDict``) and raises
+``CheckpointError`` naming anything else.  Nothing from torch is imported or called.
+
+Tensors are lazy: ``load()`` maps the one storage record it needs (zero-copy over the
+memory-mapped archive) and returns a read-only strided numpy view after checking that
+offset/size/stride stay inside the storage.  The legacy pre-1.6 tar/pickle format is
+refused with a clear error.
+"""
+from __future__ import annotations
+
+import collections
+import io
+import mmap
+import os
+import pickle
+import struct
+import zipfile
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import CheckpointError
+
+# torch storage class name -> (safetensors-style dtype name, little-endian numpy dtype)
+STORAGE_DTYPES: dict[str, tuple[str, np.dtype]] = {
+    "DoubleStorage": ("F64", np.dtype("<f8")),
+    "FloatStorage": ("F32", np.dtype("<f4")),
+    "HalfStorage": ("F16", np.dtype("<f2")),
+    "BFloat16Storage": ("BF16", np.dtype("<u2")),
+    "LongStorage": ("I64", np.dtype("<i8")),
+    "IntStorage": ("I32", np.dtype("<i4")),
+    "ShortStorage": ("I16", np.dtype("<i2")),
+    "CharStorage": ("I8", np.dtype("i1")),
+    "ByteStorage": ("U8", np.dtype("u1")),
+    "BoolStorage": ("BOOL", np.dtype("?")),
+}
+
+
+@dataclass(frozen=True)
+class _StorageType:
+    """Stand-in for ``torch.<X>Storage``: only its name is used."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class _StorageRef:
+    """What a persistent id ``('storage', type, key, location, numel)`` becomes."""
+
+    key: str
+    dtype: str
+    np_dtype: np.dtype
+    numel: int
+
+
+@dataclass(frozen=True)
+class TorchTensor:
+    """A tensor of a ``.bin`` file, not yet read: ``shape``, ``dtype``, ``load()``."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    storage: _StorageRef
+    offset: int  # in elements
+    stride: tuple[int, ...]
+    _file: "TorchBinFile"
+
+    @property
+    def nbytes(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n * self.storage.np_dtype.itemsize
+
+    def load(self) -> np.ndarray:
+        return self._file._view(self)
+
+
+class _Rebuilt:
+    """Result of the ``_rebuild_tensor_v2`` stand-in: arguments only, nothing called."""
+
+    __slots__ = ("storage", "offset", "size", "stride")
+
+    def __init__(self, storage, offset, size, stride):
+        self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
+
+
+def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
+    return _Rebuilt(storage, storage_offset, size, stride)
+
+
+def _rebuild_tensor(storage, storage_offset, size, stride):
+    return _Rebuilt(storage, storage_offset, size, stride)
+
+
+def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, state=None):
+    return data
+
+
+_ALLOWED = {
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+    **{("torch", name): _StorageType(name) for name in STORAGE_DTYPES},
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, data: bytes, path: str, big_endian: bool):
+        super().__init__(io.BytesIO(data))
+        self._path = path
+        self._big = big_endian
+
+    def find_class(self, module, name):
+        try:
+            return _ALLOWED[(module, name)]
+        except (KeyError, TypeError):
+            raise CheckpointError(
+                f"refusing to load global {module}.{name}: not a tensor-rebuild function, "
+                "storage type or OrderedDict (the pickle may be malicious)", path=self._path) from None
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
+                and isinstance(pid[1], _StorageType) and isinstance(pid[2], str) and _nonneg_int(pid[4])):
+            raise CheckpointError(f"unsupported persistent id {pid!r}", path=self._path)
+        dtype, np_dtype = STORAGE_DTYPES[pid[1].name]
+        if self._big:
+            np_dtype = np_dtype.newbyteorder(">")
+        return _StorageRef(pid[2], dtype, np_dtype, pid[4])
+
+
+class TorchBinFile:
+    """``TorchBinFile(path)``: ``.tensors`` (name -> TorchTensor) of a ``torch.save``d
+    state dict, read without running any code from the file."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        with open(self.path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(4)
+            if head != b"PK\x03\x04":
+                raise CheckpointError(
+                    "not a zip-format PyTorch checkpoint (legacy pre-1.6 .bin files are not supported)",
+                    path=self.path, offset=0)
+            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self.size = size
+        try:
+            self._open()
+        except CheckpointError:
+            self.close()
+            raise
+        except (zipfile.BadZipFile, pickle.UnpicklingError, EOFError, ValueError, TypeError,
+                IndexError, AttributeError, KeyError, struct.error, OverflowError) as e:
+            self.close()
+            raise CheckpointError(f"corrupt PyTorch checkpoint: {type(e).__name__}: {e}", path=self.path) from None
+
+    def _open(self):
+        self._zip = zipfile.ZipFile(self.path)  # reads only the central directory
+        names = self._zip.namelist()
+        pkl = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
+        if len(pkl) != 1:
+            raise CheckpointError(f"expected exactly one <root>/data.pkl, found {pkl}", path=self.path)
+        self._root = pkl[0][: -len("data.pkl")]
+        byteorder = self._root + "byteorder"
+        big = byteorder in names and self._zip.read(byteorder).strip() == b"big"
+        self._infos = {i.filename: i for i in self._zip.infolist()}
+        obj = _RestrictedUnpickler(self._zip.read(pkl[0]), self.path, big).load()
+        if not isinstance(obj, dict):
+            raise CheckpointError(f"data.pkl holds a {type(obj).__name__}, not a state dict", path=self.path)
+        self.tensors: dict[str, TorchTensor] = {}
+        for name, value in obj.items():
+            if not isinstance(name, str) or not isinstance(value, _Rebuilt):
+                raise CheckpointError(f"entry {name!r} is not a tensor", path=self.path)
+            self.tensors[name] = self._tensor(name, value)
+
+    def _tensor(self, name: str, r: _Rebuilt) -> TorchTensor:
+        s = r.storage
+        if not isinstance(s, _StorageRef):
+            raise CheckpointError("tensor storage is not a storage record", path=self.path, tensor=name)
+        size, stride = tuple(r.size), tuple(r.stride)
+        if (len(size) != len(stride) or not all(map(_nonneg_int, size + stride)) or not _nonneg_int(r.offset)):
+            raise CheckpointError(f"bad size {size} / stride {stride} / offset {r.offset}", path=self.path, tensor=name)
+        if all(size):  # a non-empty tensor: its last element must be inside the storage
+            last = r.offset + sum((d - 1) * st for d, st in zip(size, stride))
+            if last >= s.numel:
+                raise CheckpointError(
+                    f"size {size} stride {stride} offset {r.offset} reach element {last} of a "
+                    f"{s.numel}-element storage", path=self.path, tensor=name)
+        info = self._infos.get(f"{self._root}data/{s.key}")
+        if info is None:
+            raise CheckpointError(f"storage record data/{s.key} is missing", path=self.path, tensor=name)
+        if info.file_size != s.numel * s.np_dtype.itemsize:
+            raise CheckpointError(
+                f"storage data/{s.key} has {info.file_size} bytes, expected {s.numel} x {s.dtype}",
+                path=self.path, tensor=name)
+        return TorchTensor(name, s.dtype, size, s, r.offset, stride, self)
+
+    def _record(self, t: TorchTensor) -> np.ndarray:
+        """The whole storage of ``t`` as a 1-D read-only array over the mmap."""
+        info = self._infos[f"{self._root}data/{t.storage.key}"]
+        if info.compress_type != zipfile.ZIP_STORED:  # not written by torch; copy it out
+            return np.frombuffer(self._zip.read(info), t.storage.np_dtype)
+        h = info.header_offset
+        if h + 30 > self.size or self._map[h:h + 4] != b"PK\x03\x04":
+            raise CheckpointError("bad local zip header", path=self.path, offset=h, tensor=t.name)
+        name_len, extra_len = struct.unpack("<HH", self._map[h + 26:h + 30])
+        start = h + 30 + name_len + extra_len
+        if start + info.file_size > self.size:
+            raise CheckpointError("storage record runs past the end of the file", path=self.path, offset=start, tensor=t.name)
+        return np.frombuffer(self._map, t.storage.np_dtype, count=t.storage.numel, offset=start)
+
+    def _view(self, t: TorchTensor) -> np.ndarray:
+        if self._map.closed:
+            raise CheckpointError("file is closed", path=self.path, tensor=t.name)
+        if not all(t.shape):
+            return np.zeros(t.shape, t.storage.np_dtype)
+        base = self._record(t)
+        item = base.itemsize
+        # extent checked in _tensor: offset + sum((d-1)*stride) < numel
+        return np.lib.stride_tricks.as_strided(
+            base[t.offset:], shape=t.shape, strides=tuple(st * item for st in t.stride), writeable=False)
+
+    def close(self):
+        if getattr(self, "_zip", None) is not None:
+            self._zip.close()
+        try:
+            self._map.close()
+        except BufferError:  # views still alive; the GC closes the map with them
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _nonneg_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
