@@ -26,6 +26,7 @@ one), trailing alignment padding included.
 from __future__ import annotations
 
 import builtins
+import itertools
 import mmap
 import os
 import struct
@@ -62,7 +63,7 @@ from .types import (
     type_name,
 )
 
-__all__ = ["open", "GGUFFile", "Field", "TensorInfo", "StringArray", "MAX_NESTING"]
+__all__ = ["open", "validate", "GGUFFile", "Field", "TensorInfo", "StringArray", "MAX_NESTING"]
 
 # Nested arrays (which llama.cpp rejects) are read, but only this deep, so that a hostile
 # file cannot exhaust the Python stack.
@@ -118,6 +119,9 @@ class StringArray(Sequence):
                 pos += lw + n
             self._starts = np.array(starts, dtype=np.int64)
             self._lens = np.array(lens, dtype=np.int64)
+            if self._count and int(self._lens.max()) > GGUF_MAX_STRING_LENGTH:
+                i = int(np.argmax(self._lens > GGUF_MAX_STRING_LENGTH))
+                raise BadValue(f"string {i} is longer than 1 GiB", offset=int(self._starts[i]) - self.len_size)
         return self._starts, self._lens
 
     def __len__(self) -> int:
@@ -329,7 +333,22 @@ class _Parser:
         return view, etype
 
     def skip_strings(self, count: int, key: str) -> None:
-        """Walk over ``count`` strings without decoding them (the hot loop for vocabularies)."""
+        """Walk over ``count`` strings without decoding them: the hot loop for
+        vocabularies, kept to one unpack and one add per string.  A length that runs
+        past the end makes the next unpack (or the final check) fail; the checked walk
+        then finds the exact offset for the error."""
+        unpack = struct.Struct(self.endian + ("Q" if self.len_size == 8 else "I")).unpack_from
+        buf, pos, lw = self.buf, self.pos, self.len_size
+        try:
+            for _ in itertools.repeat(None, count):
+                pos += unpack(buf, pos)[0] + lw
+        except struct.error:
+            pos = self.size + 1
+        if pos > self.size:
+            self._checked_skip(count, key)
+        self.pos = pos
+
+    def _checked_skip(self, count: int, key: str) -> None:
         unpack = struct.Struct(self.endian + ("Q" if self.len_size == 8 else "I")).unpack_from
         buf, pos, size, lw, limit = self.buf, self.pos, self.size, self.len_size, GGUF_MAX_STRING_LENGTH
         for i in range(count):
@@ -341,7 +360,7 @@ class _Parser:
             pos += lw + n
             if pos > size:
                 raise TruncatedFile(pos - n, n, size - (pos - n), f"string {i}", path=self.path, key=key)
-        self.pos = pos
+        raise AssertionError("unreachable: the fast walk failed but the checked one did not")
 
 
 class _Metadata(Mapping):
@@ -595,6 +614,18 @@ def _check_utf8(value, f: Field, path: str) -> None:
     elif isinstance(value, list):
         for v in value:
             _check_utf8(v, f, path)
+
+
+def validate(path) -> None:
+    """Open ``path`` with every check, walk every string, and close it; raises only
+    ``GGUFError`` subclasses, allocates at most about the file's size."""
+    f = GGUFFile(path)
+    try:
+        f.validate()
+        for t in f.tensors.values():
+            t.data  # every view can be made
+    finally:
+        f.close()
 
 
 def open(path) -> GGUFFile:  # noqa: A001  (gguflite.open mirrors the builtin on purpose)
