@@ -89,39 +89,67 @@ def nearest_int(f: np.ndarray) -> np.ndarray:
 
 
 def cvtt_i32(v: np.ndarray) -> np.ndarray:
-    """C ``(int)v`` on x86-64: truncation toward zero; NaN/out of range → INT32_MIN."""
-    ok = np.abs(v) < F32(2147483648.0)  # False for NaN
+    """C ``(int)v`` on x86-64: truncation toward zero; NaN/out of range → INT32_MIN.
+
+    numpy's cast compiles to the same ``cvtt`` instructions, so it gives INT32_MIN too;
+    tests/test_quant.py checks NaN, inf and huge rows against ggml to keep this honest."""
     with np.errstate(invalid="ignore"):
-        out = np.where(ok, v, F32(0)).astype(np.int32)
-    if not ok.all():
-        out[~ok] = INT32_MIN
-    return out
+        return v.astype(np.int32)
+
+
+_HALF_DOWN = F32(0.49999997)  # nextafter(0.5f, 0)
 
 
 def roundf(v: np.ndarray) -> np.ndarray:
-    """C ``roundf`` (half away from zero), exact in float32 (``v - trunc(v)`` is exact)."""
-    t = np.trunc(v)
-    frac = v - t
-    with np.errstate(invalid="ignore"):
-        return t + np.where(np.abs(frac) >= F32(0.5), np.copysign(F32(1), v), F32(0))
+    """C ``roundf`` (half away from zero): ``trunc(v + copysign(0.49999997f, v))`` is exact
+    for every float32 (adding 0.5 is not: 0.49999997 + 0.5 rounds up to 1)."""
+    return np.trunc(v + np.copysign(_HALF_DOWN, v))
 
 
 def seqsum(a: np.ndarray, axis: int = -1, start_zero: bool = True) -> np.ndarray:
-    """C's left-to-right float32 sum along ``axis``; ``start_zero`` when C starts at ``0.0f``."""
-    s = np.take(np.cumsum(a, axis=axis, dtype=F32), -1, axis=axis)
-    return s + F32(0) if start_zero else s
+    """C's left-to-right float32 sum along ``axis``; ``start_zero`` when C starts at ``0.0f``.
+
+    A loop of whole-row adds: numpy's ``sum`` is pairwise (different rounding) and its
+    ``cumsum`` along a non-last axis is slow."""
+    a = np.moveaxis(a, axis, 0)
+    s = a[0] + F32(0) if start_zero else a[0].astype(F32, copy=True)
+    for i in range(1, a.shape[0]):
+        np.add(s, a[i], out=s)
+    return s
+
+
+def row_reduce(f: np.ufunc, x: np.ndarray) -> np.ndarray:
+    """``f.reduce(x, axis=1)`` for an order-independent ``f`` (fmax, fmin, maximum) on rows
+    whose length is a power of two: halving with whole-array operations, several times
+    faster than numpy's per-row reduction of short rows."""
+    k = x.shape[1]
+    if k & (k - 1) or k < 2:
+        return f.reduce(x, axis=1)
+    m = f(x[:, : k // 2], x[:, k // 2 :])
+    while m.shape[1] > 1:
+        h = m.shape[1] // 2
+        m = f(m[:, :h], m[:, h:])
+    return m[:, 0]
 
 
 def first_abs_max(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per row of ``x`` (n, k): ``amax`` and the signed ``max`` as in ``if (amax < fabsf(v))
-    {amax = fabsf(v); max = v;}`` from 0: first occurrence, NaN never chosen, +0.0 default."""
-    ax = np.abs(x)
-    amax = np.fmax.reduce(ax, axis=1)
-    amax = np.where(np.isnan(amax), F32(0), amax)
-    idx = (ax == amax[:, None]).argmax(axis=1)
-    mx = np.take_along_axis(x, idx[:, None], axis=1)[:, 0]
-    mx = np.where(amax > 0, mx, F32(0))
-    return amax, mx
+    {amax = fabsf(v); max = v;}`` from 0: first occurrence, NaN never chosen, +0.0 default.
+
+    Fast path from the row max and min; rows where both +a and -a reach the top magnitude
+    look up which came first."""
+    hi = row_reduce(np.fmax, x)
+    lo = row_reduce(np.fmin, x)
+    nlo = -lo
+    amax = np.fmax(hi, nlo)  # NaN only for all-NaN rows
+    amax = np.where(amax > 0, amax, F32(0))
+    mx = np.where(hi >= nlo, hi, lo)
+    tie = (hi == nlo) & (amax > 0)
+    if tie.any():
+        sub = x[tie]
+        idx = (np.abs(sub) == amax[tie][:, None]).argmax(axis=1)
+        mx[tie] = sub[np.arange(len(idx)), idx]
+    return amax, np.where(amax > 0, mx, F32(0))
 
 
 def fold_max_abs(x: np.ndarray) -> np.ndarray:
@@ -130,7 +158,7 @@ def fold_max_abs(x: np.ndarray) -> np.ndarray:
     A NaN element makes ``amax`` NaN, and the next element replaces it; so the result is NaN
     if the last element is NaN, else the max over the elements after the last NaN."""
     ax = np.abs(x)
-    amax = np.max(ax, axis=1)
+    amax = row_reduce(np.maximum, ax)  # NaN-propagating
     bad = np.isnan(amax)
     if bad.any():
         sub = ax[bad]

@@ -26,6 +26,7 @@ from ._common import (
     pack_nibbles,
     put_u16,
     roundf,
+    row_reduce,
     safe_inv,
 )
 
@@ -35,8 +36,8 @@ _FLT_MAX = F32(np.finfo(np.float32).max)
 def _min_max(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``min = FLT_MAX, max = -FLT_MAX; if (v < min) min = v; if (v > max) max = v;`` per row:
     NaN ignored, and a zero result keeps the sign of the first zero, as the C loop does."""
-    mn = np.fmin(np.fmin.reduce(x, axis=1), _FLT_MAX)
-    mx = np.fmax(np.fmax.reduce(x, axis=1), -_FLT_MAX)
+    mn = np.fmin(row_reduce(np.fmin, x), _FLT_MAX)
+    mx = np.fmax(row_reduce(np.fmax, x), -_FLT_MAX)
     for v in (mn, mx):
         z = v == 0
         if z.any():  # which zero (+0.0 or -0.0) came first
@@ -57,6 +58,14 @@ def _unpack_qh(qh: np.ndarray) -> np.ndarray:
     return np.unpackbits(qh, axis=1, bitorder="little").astype(np.int32) << 4
 
 
+def _nibbles_f32(qs: np.ndarray) -> np.ndarray:
+    """(n, 16) bytes → (n, 32) float32: low nibbles then high nibbles."""
+    out = np.empty((qs.shape[0], 32), F32)
+    out[:, :16] = qs & 0x0F
+    out[:, 16:] = qs >> 4
+    return out
+
+
 def _nibbles(qs: np.ndarray) -> np.ndarray:
     """(n, 16) bytes → (n, 32) ints: low nibbles then high nibbles."""
     return np.concatenate([qs & 0x0F, qs >> 4], axis=1).astype(np.int32)
@@ -66,32 +75,37 @@ def _nibbles(qs: np.ndarray) -> np.ndarray:
 
 
 def _quantize_sym(x: np.ndarray, div: float, bias: float, qmax: int) -> tuple[np.ndarray, np.ndarray]:
-    """Q4_0/Q5_0: ``d = max / -div; q = MIN(qmax, (int8_t)(x*id + bias))`` → (d bits, q int32)."""
+    """Q4_0/Q5_0: ``d = max / -div; q = MIN(qmax, (int8_t)(x*id + bias))`` → (d bits, q uint8).
+
+    ``x*id + bias`` lies in [0, qmax + 1.5] unless it is NaN (the truncation then gives
+    INT32_MIN, whose int8_t is 0), so the ``int8_t`` step needs no wrap-around."""
     _, mx = first_abs_max(x)
     d = mx / F32(-div)
     idd = safe_inv(d)
-    with np.errstate(invalid="ignore"):
-        v = x * idd[:, None] + F32(bias)
-    q = cvtt_i32(v).astype(np.int8).astype(np.int32)  # (int8_t) keeps the low byte
-    return f32_to_f16_bits(d), np.minimum(q, qmax)
+    v = x * idd[:, None]
+    v += F32(bias)
+    q = np.minimum(cvtt_i32(v), qmax).astype(np.uint8)  # INT32_MIN → 0
+    return f32_to_f16_bits(d), q
 
 
 def quantize_q4_0(x: np.ndarray) -> np.ndarray:
     d, q = _quantize_sym(x, 8, 8.5, 15)
     out = np.empty((x.shape[0], 18), np.uint8)
     put_u16(out, 0, d)
-    out[:, 2:] = pack_nibbles(q[:, :16], q[:, 16:])  # (uint8_t) of a negative q keeps its high bits
+    out[:, 2:] = q[:, :16] | (q[:, 16:] << 4)
     return out
 
 
 def dequantize_q4_0(q: np.ndarray) -> np.ndarray:
     d = le_f16(q, 0)
-    return (_nibbles(q[:, 2:]) - 8).astype(F32) * d[:, None]
+    out = _nibbles_f32(q[:, 2:])
+    out -= F32(8)
+    out *= d[:, None]
+    return out
 
 
 def quantize_q5_0(x: np.ndarray) -> np.ndarray:
     d, q = _quantize_sym(x, 16, 16.5, 31)
-    q = q & 0xFF  # uint8_t xi
     out = np.empty((x.shape[0], 22), np.uint8)
     put_u16(out, 0, d)
     out[:, 2:6] = _qh_bits(q)
@@ -130,7 +144,10 @@ def quantize_q4_1(x: np.ndarray) -> np.ndarray:
 
 def dequantize_q4_1(q: np.ndarray) -> np.ndarray:
     d, m = le_f16(q, 0), le_f16(q, 2)
-    return _nibbles(q[:, 4:]).astype(F32) * d[:, None] + m[:, None]
+    out = _nibbles_f32(q[:, 4:])
+    out *= d[:, None]
+    out += m[:, None]
+    return out
 
 
 def quantize_q5_1(x: np.ndarray) -> np.ndarray:
@@ -171,7 +188,7 @@ def quantize_q8_0(x: np.ndarray) -> np.ndarray:
 
 def dequantize_q8_0(q: np.ndarray) -> np.ndarray:
     d = le_f16(q, 0)
-    return q[:, 2:].view(np.int8).astype(F32) * d[:, None]
+    return np.multiply(q[:, 2:].view(np.int8), d[:, None], dtype=F32)
 
 
 def quantize_q8_1(x: np.ndarray) -> np.ndarray:
