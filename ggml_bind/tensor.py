@@ -125,6 +125,8 @@ class Context:
         self.buffers: list = []  # backend buffers holding this context's tensors
         # input index tensors (by address) -> (exclusive bound, op): checked by Graph.compute
         self.index_bounds: dict[int, tuple[int, str]] = {}
+        # numpy ndim of each tensor (by address): ggml_n_dims forgets leading size-1 axes
+        self.ndims: dict[int, int] = {}
 
     # lifecycle ------------------------------------------------------------
     def check(self) -> None:
@@ -230,7 +232,12 @@ class Tensor:
             raise GGMLError("ggml returned a NULL tensor")
         self.ctx = ctx
         self._ptr = ptr
-        self.ndim = int(ndim) if ndim is not None else max(1, int(_lib.C().ggml_n_dims(ptr)))
+        key = int(_lib.ffi().cast("uintptr_t", ptr))
+        if ndim is None:
+            ndim = ctx.ndims.get(key) or max(1, int(_lib.C().ggml_n_dims(ptr)))
+        else:
+            ctx.ndims[key] = int(ndim)
+        self.ndim = int(ndim)
 
     @property
     def ptr(self):
