@@ -62,7 +62,7 @@ CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 VISION = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=3, num_attention_heads=2,
               image_size=336, patch_size=14, layer_norm_eps=1e-5, hidden_act="quick_gelu", projection_dim=32)
-LLAMA = dict(vocab_size=N_SP, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+LLAMA = dict(vocab_size=N_SP, hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=4, max_position_embeddings=512, rms_norm_eps=1e-5, rope_theta=10000.0,
              hidden_act="silu", bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
 MISTRAL = dict(LLAMA, num_key_value_heads=2, rope_theta=1000000.0, max_position_embeddings=1024,

@@ -133,7 +133,9 @@ class SafetensorsFile:
         if self._map is None or self._map.closed:
             raise CheckpointError("file is closed", path=self.path, tensor=t.name)
         if t.nbytes == 0:
-            return np.zeros(t.shape, DTYPES[t.dtype])
+            empty = np.zeros(t.shape, DTYPES[t.dtype])
+            empty.flags.writeable = False
+            return empty
         # bounds were checked against the file size in _validate
         arr = np.frombuffer(self._map, DTYPES[t.dtype], count=t.nbytes // DTYPES[t.dtype].itemsize, offset=t.begin)
         return arr.reshape(t.shape)

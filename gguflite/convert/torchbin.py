@@ -222,7 +222,9 @@ class TorchBinFile:
         if self._map.closed:
             raise CheckpointError("file is closed", path=self.path, tensor=t.name)
         if not all(t.shape):
-            return np.zeros(t.shape, t.storage.np_dtype)
+            empty = np.zeros(t.shape, t.storage.np_dtype)
+            empty.flags.writeable = False
+            return empty
         base = self._record(t)
         item = base.itemsize
         # extent checked in _tensor: offset + sum((d-1)*stride) < numel
