@@ -382,6 +382,29 @@ class GGUFWriter:
     def add(self, key: str, value, type=None) -> None:  # noqa: A002  (contract name)
         """Add one metadata entry; refuses duplicates, nested arrays (unless allowed) and
         values that do not fit the (given or inferred) type."""
+        self._add(key, value, type, self.allow_nested)
+
+    def add_field(self, field, key: str | None = None) -> None:
+        """Add a ``Field`` read by ``gguflite.open`` with its stored type, unchanged
+        (nested arrays included: they exist already); ``key`` renames it."""
+        t = (V.ARRAY, field.elem_type) if field.type == V.ARRAY else field.type
+        self._add(field.key if key is None else key, field.value, t, True)
+
+    def add_tensor_from(self, info, name: str | None = None) -> None:
+        """Add a tensor read by ``gguflite.open``, streamed from its file at write time.
+        Raw bytes are copied when the byte orders agree; plain types are converted when
+        they differ; block types in another byte order are refused (use convert-endian)."""
+        name = info.name if name is None else name
+        traits = TYPE_TRAITS.get(info.type)
+        if info.file.endian == self.endian:
+            src = lambda: info.raw  # noqa: E731
+        elif traits is not None and traits.dtype is not None:
+            src = lambda: info.data  # noqa: E731  (the writer swaps typed data)
+        else:
+            raise WriteError(f"{info.type_name} data cannot change byte order here; use convert-endian", tensor=name)
+        self.add_tensor(name, info.shape, info.type, src, nbytes=None if traits else info.nbytes)
+
+    def _add(self, key: str, value, type, allow_nested: bool) -> None:  # noqa: A002
         self._check_open()
         if not isinstance(key, str) or not key:
             raise WriteError(f"key must be a non-empty str, got {key!r}")
@@ -390,7 +413,7 @@ class GGUFWriter:
         if key in self._kv:
             raise DuplicateKey("key added twice", key=key)
         vtype, etype = _resolve_type(value, type, key)
-        stored = _normalize(key, value, vtype, etype, self.allow_nested)
+        stored = _normalize(key, value, vtype, etype, allow_nested)
         if vtype == V.ARRAY and etype is None:
             etype = infer_type(value, key)[1]
         if key == "general.alignment":
