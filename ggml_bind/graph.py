@@ -48,7 +48,7 @@ class Graph:
         sched: the scheduler that allocates and runs it.
         build: ``build(ctx) -> Tensor | dict[str, Tensor] | list[Tensor]``; creates inputs
             with ``ctx.input(name, type, shape)`` and ops with ``ops.*(ctx, ...)``.
-        max_nodes: upper bound on graph nodes (and on tensors created by ``build``).
+        max_nodes: upper bound on graph nodes (``build`` may create twice as many tensors).
         reserve: reserve the scheduler for this graph (pass False for graphs smaller than
             one already reserved).
     """
@@ -62,7 +62,8 @@ class Graph:
         self.sched = sched
         self.max_nodes = int(max_nodes)
         self._allocated = False
-        self.ctx = Context(n_tensors=self.max_nodes, graph_size=self.max_nodes)
+        # inputs and views count as tensors too: room for twice as many tensors as nodes
+        self.ctx = Context(n_tensors=2 * self.max_nodes, graph_size=self.max_nodes)
         self.ctx.graph = self
         outs = build(self.ctx)
         self.outputs = _named_outputs(outs)
@@ -102,7 +103,7 @@ class Graph:
             for s in p.src:
                 if s != ffi.NULL:
                     stack.append(s)
-        if nodes >= self.max_nodes or leafs >= self.max_nodes:
+        if nodes > self.max_nodes or leafs > self.max_nodes:
             raise GGMLError(f"graph has {nodes} nodes and {leafs} leafs; max_nodes={self.max_nodes} is too small")
         self.n_nodes, self.n_leafs = nodes, leafs
 
