@@ -165,7 +165,9 @@ class ClipEncoder:
             self.weights = load_weights(f, backend)
         self.backend = backend
         self.sched = sched if sched is not None else Scheduler([backend])
+        self._ffn = self._ffn_names()
         self._check_shapes()
+        self._make_constants()
         p = self.params
         n_nodes = 64 * p.n_run + 512
         self.graph = Graph(self.sched, self._build, max_nodes=n_nodes)
@@ -178,6 +180,15 @@ class ClipEncoder:
         except KeyError:
             raise MmprojError(f"{self.path}: tensor {name!r} is missing", tensor=name) from None
 
+    def _ffn_names(self) -> tuple:
+        """(fc1, fc2) tensor stems: ``ffn_up``/``ffn_down``, or swapped in files of llama.cpp's
+        legacy converter, which named fc1 ``ffn_down`` (recognised, as clip.cpp does, by shape)."""
+        p = self.params
+        down = self.weights.get("v.blk.0.ffn_down.weight")
+        if down is not None and tuple(down.shape) == (p.n_ff, p.n_embd) and p.n_ff != p.n_embd:
+            return "ffn_down", "ffn_up"
+        return "ffn_up", "ffn_down"
+
     def _check_shapes(self) -> None:
         p = self.params
         n_pos = p.patches_per_side ** 2 + 1
@@ -187,8 +198,8 @@ class ClipEncoder:
             b = f"v.blk.{i}."
             for n in ("attn_q", "attn_k", "attn_v", "attn_out"):
                 want[b + n + ".weight"] = (p.n_embd, p.n_embd)
-            want[b + "ffn_up.weight"] = (p.n_ff, p.n_embd)
-            want[b + "ffn_down.weight"] = (p.n_embd, p.n_ff)
+            want[b + self._ffn[0] + ".weight"] = (p.n_ff, p.n_embd)
+            want[b + self._ffn[1] + ".weight"] = (p.n_embd, p.n_ff)
         for name, shape in want.items():
             got = self._w(name).shape
             if tuple(got) != shape:
@@ -245,20 +256,111 @@ class ClipEncoder:
             a = ops.cont(ctx, ops.permute(ctx, a, (1, 0, 2)), (T, D))
             x = ops.add(ctx, x, self._linear(ctx, a, b + "attn_out"))
             h = self._layer_norm(ctx, x, b + "ln2", p.eps)
-            h = self._linear(ctx, h, b + "ffn_up")
+            h = self._linear(ctx, h, b + self._ffn[0])
             h = ops.gelu_erf(ctx, h) if p.act == "gelu" else ops.gelu_quick(ctx, h)
-            x = ops.add(ctx, x, self._linear(ctx, h, b + "ffn_down"))
+            x = ops.add(ctx, x, self._linear(ctx, h, b + self._ffn[1]))
 
         row = D * 4
         feats = ops.view(ctx, x, (T - 1, D), offset=row)                        # drop CLS
         feats = ops.cont(ctx, feats)
         if p.projector == "mlp":
             y = self._linear(ctx, ops.gelu_erf(ctx, self._linear(ctx, feats, "mm.0")), "mm.2")
+        elif p.projector == "ldp":
+            y = self._ldp(ctx, feats, P)
         else:
-            from .mobilevlm import ldp, ldpv2
-
-            y = (ldp if p.projector == "ldp" else ldpv2)(self, ctx, feats, P)
+            y = self._ldpv2(ctx, feats, P)
         return {"features": feats, "embd": y}
+
+
+    # ------------------------------------------------------------------ MobileVLM projectors
+    # Spatial ops on a P x P token grid (tokens row-major, y*P + x) are written as products
+    # with constant 0/1 (or averaging) matrices, kept in their own backend buffer:
+    #   dw{G}_s{s}: (9*Mo, G*G) rows (offset o, output p) pick input (y*s+dy-1, x*s+dx-1)
+    #   pool2:      (N/4, N) 2x2 average (AdaptiveAvgPool2d to P/2 x P/2)
+    #   mean{G}:    (1, G*G) global average (squeeze-and-excitation)
+
+    def _make_constants(self) -> None:
+        from .tensor import Context
+
+        self.consts = None
+        p = self.params
+        if p.projector == "mlp":
+            return
+        P = p.patches_per_side
+        if P % 2:
+            raise MmprojError(f"{self.path}: the {p.projector} projector needs an even patch grid, got {P}x{P}")
+        Q = (P + 2 - 3) // 2 + 1  # grid after the stride-2 block
+        if p.projector == "ldp":
+            mats = {f"dw{P}_s1": _dw_shifts(P, 1), f"dw{P}_s2": _dw_shifts(P, 2),
+                    f"mean{P}": np.full((1, P * P), 1.0 / (P * P), np.float32),
+                    f"mean{Q}": np.full((1, Q * Q), 1.0 / (Q * Q), np.float32)}
+        else:
+            mats = {"pool2": _pool2(P), f"dw{P // 2}_s1": _dw_shifts(P // 2, 1)}
+        self.consts = Context(n_tensors=len(mats) + 1)
+        tensors = {k: self.consts.new_tensor("f32", m.shape, k) for k, m in mats.items()}
+        self._const_buffer = self.consts.allocate(self.backend, usage="weights")
+        for k, m in mats.items():
+            tensors[k].set(m)
+        self._c = tensors
+
+    def _spatial(self, ctx, x, name: str):
+        """(N, C) tokens -> (M, C) through the constant (M, N) matrix ``name``."""
+        xt = ops.cont(ctx, ops.transpose(ctx, x))                                # (C, N)
+        return ops.cont(ctx, ops.transpose(ctx, ops.mul_mat(ctx, self._c[name], xt)))
+
+    def _depthwise(self, ctx, x, weight: str, stride: int, G: int):
+        """3x3 depthwise conv, padding 1, on a G x G grid: (G*G, C) -> (Mo, C)."""
+        C = x.shape[-1]
+        xt = ops.cont(ctx, ops.transpose(ctx, x))                                # (C, N)
+        y = ops.mul_mat(ctx, self._c[f"dw{G}_s{stride}"], xt)                    # (C, 9*Mo)
+        mo = y.shape[-1] // 9
+        y = ops.cont(ctx, ops.permute(ctx, ops.reshape(ctx, y, (C, 9, mo)), (0, 2, 1)))  # (C, Mo, 9)
+        k = ops.reshape(ctx, self._f32(ctx, self._w(weight)), (C, 1, 9))
+        y = ops.reshape(ctx, ops.mul_mat(ctx, y, k), (C, mo))                    # (C, Mo)
+        return ops.cont(ctx, ops.transpose(ctx, y))                              # (Mo, C)
+
+    def _matrix(self, ctx, name: str, rows: int):
+        """A 1x1 conv weight (rows, cols[, 1, 1]) as a 2-D matrix."""
+        w = self._w(name)
+        return w if w.ndim == 2 else ops.reshape(ctx, w, (rows, w.n_elements // rows))
+
+    def _inverted_residual(self, ctx, x, prefix: str, stride: int, G: int):
+        """torchvision InvertedResidual as MobileVLM configures it (no expansion, SE with
+        hardsigmoid, hardswish, LayerNorm over channels, residual when stride 1)."""
+        eps = 1e-5
+        C = x.shape[-1]
+        h = self._depthwise(ctx, x, prefix + "0.0.weight", stride, G)           # (Mo, C)
+        h = self._layer_norm(ctx, h, prefix + "0.1", eps)
+        h = ops._unary("hardswish", ctx, h)
+        Go = (G + 2 - 3) // stride + 1
+        s = ops.mul_mat(ctx, self._c[f"mean{Go}"], ops.cont(ctx, ops.transpose(ctx, h)))  # (C, 1)
+        s = ops.reshape(ctx, s, (1, C))
+        sq = self._w(prefix + "1.fc1.bias").shape[0]
+        s = ops.add(ctx, ops.mul_mat(ctx, self._matrix(ctx, prefix + "1.fc1.weight", sq), s),
+                    self._f32(ctx, self._w(prefix + "1.fc1.bias")))
+        s = ops._unary("relu", ctx, s)
+        s = ops.add(ctx, ops.mul_mat(ctx, self._matrix(ctx, prefix + "1.fc2.weight", C), s),
+                    self._f32(ctx, self._w(prefix + "1.fc2.bias")))
+        h = ops.mul(ctx, h, ops._unary("hardsigmoid", ctx, s))
+        h = ops.mul_mat(ctx, self._matrix(ctx, prefix + "2.0.weight", C), h)
+        h = self._layer_norm(ctx, h, prefix + "2.1", eps)
+        return ops.add(ctx, h, x) if stride == 1 else h
+
+    def _ldp(self, ctx, feats, P: int):
+        """MobileVLM LDPNetProjector: Linear, GELU, Linear, then two InvertedResidual blocks
+        (stride 1 with residual, stride 2): (P*P, D) -> ((P/2)^2, d)."""
+        x = self._linear(ctx, ops.gelu_erf(ctx, self._linear(ctx, feats, "mm.model.mlp.1")), "mm.model.mlp.3")
+        x = self._inverted_residual(ctx, x, "mm.model.mb_block.1.block.", 1, P)
+        return self._inverted_residual(ctx, x, "mm.model.mb_block.2.block.", 2, P)
+
+    def _ldpv2(self, ctx, feats, P: int):
+        """MobileVLM LDPNetV2Projector: Linear, GELU, Linear, 2x2 average pool, then the PEG
+        (3x3 depthwise conv with bias) added to its input: (P*P, D) -> ((P/2)^2, d)."""
+        x = self._linear(ctx, ops.gelu_erf(ctx, self._linear(ctx, feats, "mm.model.mlp.0")), "mm.model.mlp.2")
+        x = self._spatial(ctx, x, "pool2")                                       # (P/2 * P/2, d)
+        y = self._depthwise(ctx, x, "mm.model.peg.0.weight", 1, P // 2)
+        y = ops.add(ctx, y, self._f32(ctx, self._w("mm.model.peg.0.bias")))
+        return ops.add(ctx, y, x)
 
     # ------------------------------------------------------------------ running
     def _run(self, tile: np.ndarray, output: str) -> np.ndarray:
@@ -304,4 +406,32 @@ class ClipEncoder:
 
     def free(self) -> None:
         self.graph.free()
+        if self.consts is not None:
+            self.consts.free()
         self.weights.free()
+
+
+def _dw_shifts(P: int, stride: int) -> np.ndarray:
+    """(9*Mo, P*P) selection matrix of a 3x3, padding-1 convolution on a P x P grid."""
+    Q = (P + 2 - 3) // stride + 1
+    m = np.zeros((9, Q * Q, P * P), np.float32)
+    for o in range(9):
+        dy, dx = divmod(o, 3)
+        for y in range(Q):
+            for x in range(Q):
+                iy, ix = y * stride + dy - 1, x * stride + dx - 1
+                if 0 <= iy < P and 0 <= ix < P:
+                    m[o, y * Q + x, iy * P + ix] = 1.0
+    return m.reshape(9 * Q * Q, P * P)
+
+
+def _pool2(P: int) -> np.ndarray:
+    """(P/2 * P/2, P*P) matrix of a 2x2 average pool."""
+    Q = P // 2
+    m = np.zeros((Q * Q, P * P), np.float32)
+    for y in range(Q):
+        for x in range(Q):
+            for dy in range(2):
+                for dx in range(2):
+                    m[y * Q + x, (2 * y + dy) * P + 2 * x + dx] = 0.25
+    return m
