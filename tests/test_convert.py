@@ -1,0 +1,578 @@
+"""convert_llava / ``gguflite convert-llava`` on tiny checkpoints of every layout
+(tests/checkpoints.py), checked against references written elsewhere: tensors and keys
+read back with gguf-py's GGUFReader and named with its TensorNameMap, source values read
+with torch / safetensors, logits from transformers vs llama.cpp (llama-cpp-python), and
+libmtmd loading and running the mmproj."""
+import ctypes
+import hashlib
+import json
+import os
+import shutil
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+import gguf
+from gguflite.convert import convert_llava
+from gguflite.convert.cli import main as cli_main
+from gguflite.errors import CheckpointError
+from tests.checkpoints import LAYOUTS, N_SP, PINPOINTS, VISION, make_checkpoint
+
+SEPARATE_TOWER = {"llava-1.5", "mobilevlm-v1", "mobilevlm-v2"}
+PROJECTOR = {"mobilevlm-v1": "ldp", "mobilevlm-v2": "ldpv2"}
+ANYRES = {"llava-1.6-vicuna", "llava-1.6-mistral", "llava-hf-1.6-mistral"}
+PROMPT = [1, 45, 100, 7, 250, 33, 12, 300, 5, 77, 150]
+
+
+def _tree_hash(*folders) -> str:
+    h = hashlib.sha256()
+    for folder in folders:
+        if folder is None:
+            continue
+        for root, dirs, files in sorted(os.walk(folder)):
+            dirs.sort()
+            for f in sorted(files):
+                p = os.path.join(root, f)
+                st = os.stat(p)
+                h.update(f"{os.path.relpath(p, folder)} {st.st_size} {st.st_mode}".encode())
+                with open(p, "rb") as fh:
+                    h.update(fh.read())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="session")
+def ckpt_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("checkpoints")
+
+
+@pytest.fixture(scope="session")
+def fixtures(ckpt_root):
+    return {layout: make_checkpoint(layout, ckpt_root) for layout in LAYOUTS}
+
+
+@pytest.fixture(scope="session")
+def converted(fixtures, tmp_path_factory):
+    """Every layout converted to f32, with the source hashed before and after."""
+    out = {}
+    outdir = tmp_path_factory.mktemp("gguf")
+    for layout, fx in fixtures.items():
+        before = _tree_hash(fx.model_dir, fx.vision_tower)
+        llm, mm = convert_llava(fx.model_dir, vision_tower=fx.vision_tower, outdir=outdir, outtype="f32",
+                                progress=False)
+        out[layout] = (llm, mm, before, _tree_hash(fx.model_dir, fx.vision_tower))
+    return out
+
+
+def _tensors(path) -> dict:
+    return {t.name: t for t in gguf.GGUFReader(path).tensors}
+
+
+def _fields(path) -> dict:
+    return gguf.GGUFReader(path).fields
+
+
+def _value(field):
+    return field.contents()
+
+
+def _source_tensors(fx) -> dict:
+    """Every tensor of the checkpoint (and of its separate tower), read with torch/safetensors."""
+    from safetensors.torch import load_file
+
+    sd = {}
+    for folder in (fx.model_dir, fx.vision_tower):
+        if folder is None:
+            continue
+        for f in sorted(os.listdir(folder)):
+            p = os.path.join(folder, f)
+            part = load_file(p) if f.endswith(".safetensors") else torch.load(p, weights_only=True) \
+                if f.endswith(".bin") else {}
+            sd.update({("tower:" if folder == fx.vision_tower else "") + k: v for k, v in part.items()})
+    return sd
+
+
+def _unpermute_reference(w, n_head):
+    """llama.cpp's converter permutation, written out: (n_head, 2, hd/2, ...) -> swap 1,2."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+# --------------------------------------------------------------------------- every layout
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_every_layout_converts_and_leaves_the_source_byte_identical(converted, layout):
+    llm, mm, before, after = converted[layout]
+    assert os.path.basename(llm) == f"{layout}-f32.gguf"
+    assert os.path.basename(mm) == f"mmproj-{layout}-f32.gguf"
+    assert before == after
+    assert not [f for f in os.listdir(os.path.dirname(llm)) if f.startswith(".")], "temp files left behind"
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_llm_tensors_equal_the_source_after_the_qk_permutation(converted, fixtures, layout):
+    fx = fixtures[layout]
+    got = _tensors(converted[layout][0])
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, fx.text_config["num_hidden_layers"])
+    src = fx.llm_state_dict()
+    assert len(got) == len(src)
+    for hf_name, w in src.items():
+        gname = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        t = got[gname]
+        assert t.tensor_type == gguf.GGMLQuantizationType.F32
+        want = w.numpy()
+        if "q_proj" in hf_name:
+            want = _unpermute_reference(want, fx.text_config["num_attention_heads"])
+        elif "k_proj" in hf_name:
+            want = _unpermute_reference(want, fx.text_config["num_key_value_heads"])
+        np.testing.assert_array_equal(t.data, want, err_msg=gname)
+
+
+def _expected_mmproj(fx, layout) -> dict:
+    """GGUF name -> (expected float32 array, expected ggml type) from the source files."""
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.MMPROJ, VISION["num_hidden_layers"])
+    keep = VISION["num_hidden_layers"] - 1  # select layer -2
+    out = {}
+    for name, v in _source_tensors(fx).items():
+        if name.startswith("tower:"):
+            local = name[len("tower:"):]
+        elif "vision_tower." in name:
+            local = name[name.index("vision_tower.") + len("vision_tower."):]
+            local = local[len("vision_tower."):] if local.startswith("vision_tower.") else local
+        elif "mm_projector." in name or "multi_modal_projector." in name:
+            local = name.split("projector.", 1)[1]
+            proj = {"linear_1": "0", "linear_2": "2"}
+            for a, b in proj.items():
+                local = local.replace(a, b)
+            if layout == "mobilevlm-v2":
+                gname = "mm.model." + local.replace("mlp.mlp.", "mlp.").replace("peg.peg.", "peg.")
+            elif layout == "mobilevlm-v1":
+                gname = "mm." + local
+            else:
+                gname = "mm." + local
+            arr = v.float().numpy()
+            conv = arr.ndim == 4
+            out[gname] = (arr.squeeze() if conv else arr, "F16" if conv else "F32")
+            continue
+        elif name.endswith("image_newline"):
+            out["v.image_newline"] = (v.float().numpy(), "F32")
+            continue
+        else:
+            continue
+        if not local.startswith("vision_model.") or "post_layernorm" in local or "position_ids" in local:
+            continue  # text tower, visual_projection, logit_scale, post-LN: not written
+        gname = names.get_name("vision_tower." + local, try_suffixes=(".weight", ".bias"))
+        assert gname is not None, local
+        if gname.startswith("v.blk.") and int(gname.split(".")[2]) >= keep:
+            continue
+        arr = v.float().numpy()
+        out[gname] = (arr, "F16" if arr.ndim == 4 else "F32")
+    return out
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_mmproj_tensors_equal_the_source_cut_at_the_selected_layer(converted, fixtures, layout):
+    got = _tensors(converted[layout][1])
+    want = _expected_mmproj(fixtures[layout], layout)
+    assert set(got) == set(want)
+    assert not any(n.startswith("v.blk.2.") or "post_ln" in n for n in got)
+    for gname, (arr, tname) in want.items():
+        t = got[gname]
+        assert t.tensor_type == gguf.GGMLQuantizationType[tname], gname
+        np.testing.assert_array_equal(np.asarray(t.data, np.float32).reshape(arr.shape), arr, err_msg=gname)
+        assert tuple(int(x) for x in t.shape) == arr.shape[::-1], gname
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_llm_metadata_matches_the_config_with_llama_cpp_key_types(converted, fixtures, layout):
+    fx = fixtures[layout]
+    tc = fx.text_config
+    f = _fields(converted[layout][0])
+    U32, F32 = gguf.GGUFValueType.UINT32, gguf.GGUFValueType.FLOAT32
+    expect = {
+        "llama.context_length": (tc["max_position_embeddings"], U32),
+        "llama.embedding_length": (tc["hidden_size"], U32),
+        "llama.block_count": (tc["num_hidden_layers"], U32),
+        "llama.feed_forward_length": (tc["intermediate_size"], U32),
+        "llama.attention.head_count": (tc["num_attention_heads"], U32),
+        "llama.attention.head_count_kv": (tc["num_key_value_heads"], U32),
+        "llama.rope.dimension_count": (tc["hidden_size"] // tc["num_attention_heads"], U32),
+        "llama.vocab_size": (tc["vocab_size"], U32),
+        "general.file_type": (0, U32),
+    }
+    for key, (value, vtype) in expect.items():
+        assert f[key].types == [vtype], key
+        assert _value(f[key]) == value, key
+    assert f["llama.attention.layer_norm_rms_epsilon"].types == [F32]
+    assert _value(f["llama.attention.layer_norm_rms_epsilon"]) == pytest.approx(tc["rms_norm_eps"])
+    assert _value(f["llama.rope.freq_base"]) == pytest.approx(tc["rope_theta"])
+    assert _value(f["general.architecture"]) == "llama"
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_mmproj_metadata_selects_the_layer_llava_reads(converted, fixtures, layout):
+    f = _fields(converted[layout][1])
+    U32 = gguf.GGUFValueType.UINT32
+    assert _value(f["general.architecture"]) == "clip"
+    assert _value(f["clip.projector_type"]) == PROJECTOR.get(layout, "mlp")
+    assert _value(f["clip.has_vision_encoder"]) is True
+    for key, value in (("clip.vision.block_count", 2), ("clip.vision.embedding_length", VISION["hidden_size"]),
+                       ("clip.vision.attention.head_count", VISION["num_attention_heads"]),
+                       ("clip.vision.feed_forward_length", VISION["intermediate_size"]),
+                       ("clip.vision.image_size", 336), ("clip.vision.patch_size", 14),
+                       ("clip.vision.projection_dim", fixtures[layout].text_config["hidden_size"])):
+        assert f[key].types == [U32], key
+        assert _value(f[key]) == value, key
+    assert f["clip.vision.feature_layer"].types == [gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.INT32]
+    assert _value(f["clip.vision.feature_layer"]) == [2]
+    assert f["clip.vision.image_mean"].types == [gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.FLOAT32]
+    np.testing.assert_allclose(_value(f["clip.vision.image_std"]), [0.26862954, 0.26130258, 0.27577711], rtol=1e-6)
+    assert _value(f["clip.use_gelu"]) is False  # CLIP's quick-GELU
+    if layout in ANYRES:
+        assert _value(f["clip.vision.image_grid_pinpoints"]) == [x for p in PINPOINTS for x in p]
+        assert f["clip.vision.image_grid_pinpoints"].types[1] == gguf.GGUFValueType.INT32
+    else:
+        assert "clip.vision.image_grid_pinpoints" not in f
+
+
+@pytest.mark.parametrize("layout", ["llava-1.5", "llava-hf-1.5"])
+def test_the_vocabulary_is_sentencepieces_plus_added_tokens_and_padding(converted, fixtures, layout):
+    import sentencepiece
+
+    fx = fixtures[layout]
+    sp = sentencepiece.SentencePieceProcessor(model_file=os.path.join(fx.model_dir, "tokenizer.model"))
+    f = _fields(converted[layout][0])
+    tokens = _value(f["tokenizer.ggml.tokens"])
+    types = _value(f["tokenizer.ggml.token_type"])
+    scores = _value(f["tokenizer.ggml.scores"])
+    assert len(tokens) == fx.text_config["vocab_size"]
+    assert tokens[:N_SP] == [sp.IdToPiece(i) for i in range(N_SP)]
+    np.testing.assert_allclose(scores[:N_SP], [sp.GetScore(i) for i in range(N_SP)])
+    assert types[0] == 2 and types[1] == 3 and types[2] == 3  # <unk> unknown, <s> </s> control
+    assert types[3] == 6 and tokens[3] == "<0x00>"  # byte fallback pieces
+    assert _value(f["tokenizer.ggml.model"]) == "llama"
+    assert (_value(f["tokenizer.ggml.bos_token_id"]), _value(f["tokenizer.ggml.eos_token_id"])) == (1, 2)
+    if layout == "llava-hf-1.5":
+        assert tokens[N_SP:N_SP + 2] == ["<image>", "<pad>"] and list(types[N_SP:N_SP + 2]) == [3, 3]
+        assert tokens[N_SP + 2] == f"[PAD{N_SP + 2}]" and types[N_SP + 2] == 5
+        assert _value(f["tokenizer.ggml.padding_token_id"]) == N_SP + 1
+
+
+# --------------------------------------------------------------------------- llama.cpp
+
+
+def _llama(path, **kw):
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    kw = {"n_ctx": 128, "n_threads": 1, "verbose": False, **kw}
+    return llama_cpp.Llama(model_path=str(path), **kw)
+
+
+def _llama_cpp_logits(path, ids):
+    m = _llama(path, logits_all=True)
+    m.eval(ids)
+    return np.array(m.scores[:len(ids)])
+
+
+@pytest.mark.parametrize("layout", ["llava-1.5", "llava-1.6-mistral", "llava-hf-1.5", "mobilevlm-v2"])
+def test_llama_cpp_logits_match_transformers(converted, fixtures, layout):
+    fx = fixtures[layout]
+    with torch.no_grad():
+        want = fx.reference_llm()(torch.tensor([PROMPT])).logits[0].numpy()
+    got = _llama_cpp_logits(converted[layout][0], PROMPT)
+    np.testing.assert_allclose(got, want, atol=5e-3 * np.abs(want).max(), rtol=0)
+
+
+def test_llama_cpp_tokenizes_text_as_sentencepiece_does(converted, fixtures):
+    import sentencepiece
+
+    fx = fixtures["llava-hf-1.5"]
+    sp = sentencepiece.SentencePieceProcessor(model_file=os.path.join(fx.model_dir, "tokenizer.model"))
+    m = _llama(converted["llava-hf-1.5"][0], vocab_only=True)
+    for text in ["the cat is on a table", "describe this photo 42", "USER: what is in the image?"]:
+        assert m.tokenize(text.encode(), add_bos=True) == [1] + sp.encode(text)
+    assert m.tokenize(b"<image>", add_bos=False, special=True) == [N_SP]
+
+
+def _mtmd_encode(llm_path, mmproj_path):
+    """(n_tokens, embeddings) of one 336x336 image through libmtmd."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    from llama_cpp import mtmd_cpp as M
+
+    model = _llama(llm_path, n_ctx=1024)
+    p = M.mtmd_context_params_default()
+    p.use_gpu, p.n_threads, p.print_timings, p.warmup = False, 1, False, False
+    ctx = M.mtmd_init_from_file(str(mmproj_path).encode(), model._model.model, p)
+    assert ctx, "libmtmd refused the mmproj"
+    try:
+        assert M.mtmd_support_vision(ctx)
+        img = (np.arange(336 * 336 * 3) % 251).astype(np.uint8)
+        bm = M.mtmd_bitmap_init(336, 336, img.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)))
+        chunks = M.mtmd_input_chunks_init()
+        text = b"USER: " + M.mtmd_default_marker() + b"\nwhat is it? ASSISTANT:"
+        inp = M.mtmd_input_text(text=text, text_len=len(text), add_special=True, parse_special=True)
+        assert M.mtmd_tokenize(ctx, chunks, ctypes.byref(inp), (M.mtmd_bitmap_p_ctypes * 1)(bm), 1) == 0
+        images = [M.mtmd_input_chunks_get(chunks, i) for i in range(M.mtmd_input_chunks_size(chunks))]
+        images = [c for c in images if M.mtmd_input_chunk_get_type(c) != 0]
+        assert len(images) == 1
+        n = M.mtmd_input_chunk_get_n_tokens(images[0])
+        assert M.mtmd_encode_chunk(ctx, images[0]) == 0
+        emb = np.ctypeslib.as_array(M.mtmd_get_output_embd(ctx), shape=(n * model.n_embd(),)).copy()
+        M.mtmd_input_chunks_free(chunks)
+        M.mtmd_bitmap_free(bm)
+        return n, emb
+    finally:
+        M.mtmd_free(ctx)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_libmtmd_loads_the_mmproj_and_encodes_an_image(converted, layout):
+    llm, mm = converted[layout][:2]
+    n, emb = _mtmd_encode(llm, mm)
+    assert n == (144 if layout.startswith("mobilevlm") else 576)
+    assert np.isfinite(emb).all() and np.abs(emb).max() > 0
+
+
+# --------------------------------------------------------------------------- other outtypes
+
+
+@pytest.mark.slow
+def test_f16_and_bf16_outputs_round_as_torch_does_and_llama_cpp_runs_them(fixtures, tmp_path):
+    fx = fixtures["llava-1.6-mistral"]
+    src = fx.llm_state_dict()
+    with torch.no_grad():
+        want = fx.reference_llm()(torch.tensor([PROMPT])).logits[0].numpy()
+    for outtype, dtype in (("f16", torch.float16), ("bf16", torch.bfloat16)):
+        llm, mm = convert_llava(fx.model_dir, outdir=tmp_path, outtype=outtype, progress=False)
+        got = _tensors(llm)
+        t = got["blk.0.ffn_up.weight"]
+        assert t.tensor_type == gguf.GGMLQuantizationType[outtype.upper()]
+        ref = src["model.layers.0.mlp.up_proj.weight"].to(dtype)
+        np.testing.assert_array_equal(np.asarray(t.data).view(np.uint16).reshape(ref.shape),
+                                      ref.view(torch.int16).numpy().view(np.uint16))
+        assert got["blk.0.attn_norm.weight"].tensor_type == gguf.GGMLQuantizationType.F32
+        assert _value(_fields(llm)["general.file_type"]) == {"f16": 1, "bf16": 32}[outtype]
+        logits = _llama_cpp_logits(llm, PROMPT)
+        np.testing.assert_allclose(logits, want, atol=0.05 * np.abs(want).max(), rtol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("outtype", ["q8_0", "q4_0", "q4_k_m"])
+def test_quantized_outputs_dequantize_close_to_the_source_and_run_in_llama_cpp(fixtures, tmp_path, outtype):
+    fx = fixtures["llava-1.5"]
+    llm, mm = convert_llava(fx.model_dir, vision_tower=fx.vision_tower, outdir=tmp_path, outtype=outtype,
+                            progress=False)
+    got = _tensors(llm)
+    src = fx.llm_state_dict()
+    Q = gguf.GGMLQuantizationType
+    want_type = {"q8_0": Q.Q8_0, "q4_0": Q.Q4_0, "q4_k_m": Q.Q4_K}[outtype]
+    checked = 0
+    for hf, gname in (("model.layers.0.mlp.up_proj.weight", "blk.0.ffn_up.weight"),
+                      ("model.layers.1.mlp.down_proj.weight", "blk.1.ffn_down.weight"),
+                      ("model.layers.0.mlp.down_proj.weight", "blk.0.ffn_down.weight")):
+        t = got[gname]
+        w = src[hf].numpy()
+        if outtype == "q4_k_m":
+            if w.shape[-1] % 256:
+                assert t.tensor_type == Q.F16, gname  # rows of 64 cannot hold a 256-block
+                continue
+            # llama.cpp: use_more_bits(i, n) = i < n/8 || i >= 7*n/8 || (i - n/8) % 3 == 2
+            # with n = 2: layer 1 gets Q6_K, layer 0 keeps Q4_K
+            assert t.tensor_type == (Q.Q6_K if gname.startswith("blk.1.") else Q.Q4_K), gname
+        else:
+            assert t.tensor_type == want_type, gname
+        deq = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(w.shape)
+        err = np.abs(deq - w).max() / np.abs(w).max()
+        assert err < {Q.Q8_0: 0.01, Q.Q6_K: 0.03}.get(t.tensor_type, 0.1), (gname, err)
+        if outtype in ("q8_0", "q4_0"):  # gguf-py's quantizers claim to be bit-exact with ggml's
+            np.testing.assert_array_equal(np.asarray(t.data), gguf.quants.quantize(w, t.tensor_type))
+        checked += 1
+    assert checked >= 1
+    assert got["output_norm.weight"].tensor_type == Q.F32
+    assert _value(_fields(llm)["general.quantization_version"]) == 2
+    assert _llama_cpp_logits(llm, PROMPT).shape == (len(PROMPT), N_SP)
+    n, emb = _mtmd_encode(llm, mm)
+    assert n == 576 and np.isfinite(emb).all()
+
+
+# --------------------------------------------------------------------------- how the tower is found
+
+
+def test_a_local_mm_vision_tower_path_in_the_config_is_used(ckpt_root, tmp_path):
+    fx = make_checkpoint("llava-1.5", ckpt_root, tower_in_config=True)
+    llm, mm = convert_llava(fx.model_dir, outdir=tmp_path, outtype="f16", progress=False)
+    assert os.path.exists(llm) and os.path.exists(mm)
+
+
+def test_a_separate_tower_that_cannot_be_found_is_asked_for(fixtures, tmp_path):
+    with pytest.raises(CheckpointError, match="--vision-tower"):
+        convert_llava(fixtures["llava-1.5"].model_dir, outdir=tmp_path, progress=False)
+    assert os.listdir(tmp_path) == []
+
+
+def test_an_explicit_tower_config_is_checked_against_the_weights_inside(fixtures, ckpt_root, tmp_path):
+    # the 1.6 checkpoint carries its own tower; --vision-tower only supplies the config
+    fx = fixtures["llava-1.6-vicuna"]
+    tower = make_checkpoint("llava-1.5", ckpt_root).vision_tower
+    llm, mm = convert_llava(fx.model_dir, vision_tower=tower, outdir=tmp_path, progress=False)
+    assert _value(_fields(mm)["clip.vision.attention.head_count"]) == VISION["num_attention_heads"]
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _copy(fx, tmp_path):
+    dst = tmp_path / "src" / os.path.basename(fx.model_dir)
+    shutil.copytree(fx.model_dir, dst)
+    return dst
+
+
+def _refused(src, tmp_path, match, vision_tower=None, **kw):
+    """Convert ``src``; expect a CheckpointError matching ``match``, no output, source unchanged."""
+    outdir = tmp_path / "out"
+    outdir.mkdir(exist_ok=True)
+    before = _tree_hash(src)
+    with pytest.raises(CheckpointError, match=match) as e:
+        convert_llava(src, vision_tower=vision_tower, outdir=outdir, progress=False, **kw)
+    assert os.listdir(outdir) == []
+    assert _tree_hash(src) == before
+    return e.value
+
+
+def test_a_missing_shard_is_named(fixtures, tmp_path):
+    src = _copy(fixtures["llava-1.6-vicuna"], tmp_path)
+    os.unlink(src / "model-00002-of-00003.safetensors")
+    err = _refused(src, tmp_path, "model-00002-of-00003.safetensors")
+    assert "missing" in str(err)
+
+
+def test_a_weight_shape_that_contradicts_the_config_is_refused(fixtures, tmp_path):
+    src = _copy(fixtures["llava-1.5"], tmp_path)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["intermediate_size"] = 96
+    (src / "config.json").write_text(json.dumps(cfg))
+    err = _refused(src, tmp_path, "shape mismatch", vision_tower=fixtures["llava-1.5"].vision_tower)
+    assert err.tensor is not None and "mlp" in err.tensor
+
+
+def test_a_projector_whose_width_differs_from_the_llm_is_refused(fixtures, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    src = _copy(fixtures["mobilevlm-v2"], tmp_path)
+    sd = load_file(src / "model.safetensors")
+    sd["model.mm_projector.mlp.mlp.2.weight"] = torch.zeros(48, 64, dtype=torch.float16)
+    sd["model.mm_projector.peg.peg.0.bias"] = torch.zeros(48, dtype=torch.float16)
+    save_file(sd, src / "model.safetensors", metadata={"format": "pt"})
+    _refused(src, tmp_path, "width mismatch.*48.*embedding_length is 64",
+             vision_tower=fixtures["mobilevlm-v2"].vision_tower)
+
+
+def test_a_tower_narrower_than_the_projector_input_is_refused(fixtures, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    src = _copy(fixtures["llava-hf-1.5"], tmp_path)
+    shard = src / "model-00003-of-00003.safetensors"
+    sd = load_file(shard)
+    name = "multi_modal_projector.linear_1.weight"
+    assert name in sd
+    sd[name] = torch.zeros(64, 96, dtype=torch.float16)
+    save_file(sd, shard, metadata={"format": "pt"})
+    _refused(src, tmp_path, "width mismatch.*96.*128 wide")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "header"])
+def test_a_corrupt_weight_file_is_refused_with_its_path(fixtures, tmp_path, damage):
+    src = _copy(fixtures["llava-hf-1.5"], tmp_path)
+    shard = src / "model-00001-of-00003.safetensors"
+    data = bytearray(shard.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        data[10:14] = b"\xff\xfe\x00{"
+    shard.write_bytes(bytes(data))
+    err = _refused(src, tmp_path, None)
+    assert str(shard) in str(err)
+
+
+def test_a_malicious_pickle_shard_is_refused_and_runs_nothing(fixtures, tmp_path):
+    src = _copy(fixtures["llava-1.5"], tmp_path)
+    marker = tmp_path / "pwned"
+    shard = src / "pytorch_model-00002-of-00002.bin"
+    payload = b"cos\nsystem\n(V" + f"touch {marker}".encode() + b"\ntR."
+    with zipfile.ZipFile(shard, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("archive/data.pkl", payload)
+        z.writestr("archive/version", "3\n")
+    _refused(src, tmp_path, "os.system", vision_tower=fixtures["llava-1.5"].vision_tower)
+    assert not marker.exists()
+
+
+def test_an_unknown_layout_is_refused_by_name(fixtures, tmp_path):
+    src = _copy(fixtures["llava-hf-1.5"], tmp_path)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["architectures"] = ["Qwen2VLForConditionalGeneration"]
+    (src / "config.json").write_text(json.dumps(cfg))
+    _refused(src, tmp_path, "Qwen2VLForConditionalGeneration")
+
+
+def test_an_unexpected_tensor_is_refused_by_name(fixtures, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    src = _copy(fixtures["llava-hf-1.5"], tmp_path)
+    shard = src / "model-00003-of-00003.safetensors"
+    sd = load_file(shard)
+    sd["language_model.model.layers.0.self_attn.qkv_proj.weight"] = torch.zeros(2, 2)
+    save_file(sd, shard)
+    _refused(src, tmp_path, "qkv_proj")
+
+
+def test_an_interrupted_run_leaves_no_partial_output(fixtures, tmp_path, monkeypatch):
+    import gguflite.convert.llava as llava
+
+    real = llava._tensor_bytes
+    calls = []
+
+    def interrupt(p):
+        calls.append(p.name)
+        if p.name == "v.blk.0.attn_q.weight":  # halfway through the second file
+            raise KeyboardInterrupt
+        return real(p)
+
+    monkeypatch.setattr(llava, "_tensor_bytes", interrupt)
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    (outdir / "llava-1.6-vicuna-f16.gguf").write_bytes(b"an older file")
+    with pytest.raises(KeyboardInterrupt):
+        convert_llava(fixtures["llava-1.6-vicuna"].model_dir, outdir=outdir, progress=False)
+    assert "token_embd.weight" in calls
+    assert sorted(os.listdir(outdir)) == ["llava-1.6-vicuna-f16.gguf"]
+    assert (outdir / "llava-1.6-vicuna-f16.gguf").read_bytes() == b"an older file"
+
+
+def test_outputs_are_never_written_into_the_source_folder(fixtures, tmp_path):
+    src = _copy(fixtures["llava-hf-1.5"], tmp_path)
+    before = _tree_hash(src)
+    with pytest.raises(CheckpointError, match="inside a source folder"):
+        convert_llava(src, outdir=src, progress=False)
+    assert _tree_hash(src) == before
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def test_the_command_writes_both_files_and_prints_their_paths(fixtures, tmp_path, capsys):
+    fx = fixtures["mobilevlm-v1"]
+    rc = cli_main(["convert-llava", fx.model_dir, "--vision-tower", fx.vision_tower, "--outdir", str(tmp_path),
+                   "--outtype", "f16", "--projector", "ldp"])
+    out, err = capsys.readouterr()
+    assert rc == 0
+    assert out.split() == [str(tmp_path / "mobilevlm-v1-f16.gguf"), str(tmp_path / "mmproj-mobilevlm-v1-f16.gguf")]
+    assert "tensors" in err  # the progress bar
+
+
+def test_the_command_reports_errors_without_a_traceback(fixtures, tmp_path, capsys):
+    rc = cli_main(["convert-llava", fixtures["mobilevlm-v1"].model_dir, "--outdir", str(tmp_path),
+                   "--vision-tower", fixtures["mobilevlm-v1"].vision_tower, "--projector", "mlp", "--quiet"])
+    out, err = capsys.readouterr()
+    assert rc == 1
+    assert "error:" in err and "mlp projector" in err and "Traceback" not in err
+    assert os.listdir(tmp_path) == []
