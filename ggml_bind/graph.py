@@ -47,7 +47,8 @@ class Graph:
     Args:
         sched: the scheduler that allocates and runs it.
         build: ``build(ctx) -> Tensor | dict[str, Tensor] | list[Tensor]``; creates inputs
-            with ``ctx.input(name, type, shape)`` and ops with ``ops.*(ctx, ...)``.
+            with ``ctx.input(name, type, shape)`` and ops with ``ops.*(ctx, ...)``; may call
+            ``ctx.graph.expand(t)`` for side-effect nodes (KV cache writes).
         max_nodes: upper bound on graph nodes (``build`` may create twice as many tensors).
         reserve: reserve the scheduler for this graph (pass False for graphs smaller than
             one already reserved).
@@ -65,13 +66,14 @@ class Graph:
         # inputs and views count as tensors too: room for twice as many tensors as nodes
         self.ctx = Context(n_tensors=2 * self.max_nodes, graph_size=self.max_nodes)
         self.ctx.graph = self
+        self.ptr = C.ggml_new_graph_custom(self.ctx.ptr, self.max_nodes, False)
+        self._seen: set[int] = set()
+        self.n_nodes = self.n_leafs = 0
         outs = build(self.ctx)
         self.outputs = _named_outputs(outs)
-        self._check_size(list(self.outputs.values()))
-        self.ptr = C.ggml_new_graph_custom(self.ctx.ptr, self.max_nodes, False)
         for t in self.outputs.values():
             C.ggml_set_output(t.ptr)
-            C.ggml_build_forward_expand(self.ptr, t.ptr)
+            self.expand(t)
         self.inputs = {
             t.name: t for t in self.ctx.tensors() if t.ptr.flags & C.GGML_TENSOR_FLAG_INPUT
         }
@@ -85,15 +87,22 @@ class Graph:
             sched.reserve(self)
 
     # ---------------------------------------------------------------- checks
-    def _check_size(self, outputs: list[Tensor]) -> None:
-        """Count the nodes and leafs build_forward_expand would add (it aborts past size)."""
+    def expand(self, t: Tensor) -> None:
+        """Add ``t`` and everything it depends on to the graph, in order (``ggml_build_forward_expand``).
+
+        Outputs are expanded after ``build`` returns; call ``ctx.graph.expand(t)`` inside
+        ``build`` for nodes that must run but are not outputs, at the point they must run
+        (e.g. a ``set_rows`` write into a KV cache before the attention that reads it).
+        """
         C, ffi = _lib.C(), _lib.ffi()
+        t.ctx.check()
+        # Count the nodes and leafs this adds: build_forward_expand aborts past max_nodes.
         seen, nodes, leafs = set(), 0, 0
-        stack = [t.ptr for t in outputs]
+        stack = [t.ptr]
         while stack:
             p = stack.pop()
             key = int(ffi.cast("uintptr_t", p))
-            if key in seen:
+            if key in seen or key in self._seen:
                 continue
             seen.add(key)
             if p.op == C.GGML_OP_NONE:
@@ -103,8 +112,12 @@ class Graph:
             for s in p.src:
                 if s != ffi.NULL:
                     stack.append(s)
+        nodes += self.n_nodes
+        leafs += self.n_leafs
         if nodes > self.max_nodes or leafs > self.max_nodes:
-            raise GGMLError(f"graph has {nodes} nodes and {leafs} leafs; max_nodes={self.max_nodes} is too small")
+            raise GGMLError(f"graph would have {nodes} nodes and {leafs} leafs; max_nodes={self.max_nodes} is too small")
+        C.ggml_build_forward_expand(self.ptr, t.ptr)
+        self._seen |= seen
         self.n_nodes, self.n_leafs = nodes, leafs
 
     def _check_supported(self) -> None:

@@ -406,3 +406,64 @@ def test_two_graphs_share_one_reserved_scheduler(sched):
     assert sched.buffer_size(sched.backends[-1]) == size  # never grew past the reservation
     big.free()
     small.free()
+
+
+def test_a_cache_write_expanded_before_a_read_is_seen_by_the_read(backend, sched):
+    """llama.cpp's KV-cache pattern: set_rows into the cache, then attend over a view of it."""
+    kv = Context(n_tensors=2)
+    cache = kv.new_tensor("f16", (8, 16), "cache")
+    kv.allocate(backend)
+    cache.set(np.zeros((8, 16), np.float16))
+
+    def build(ctx):
+        src = ctx.input("src", "f32", (2, 16))
+        idx = ctx.input("idx", "i64", (2,))
+        ctx.graph.expand(ops.set_rows(ctx, cache, src, idx))  # the write runs first
+        head = ops.view(ctx, cache, (4, 16))  # rows 0..3 of the cache
+        return {"read": ops.cast(ctx, head, "f32")}
+
+    g = Graph(sched, build, max_nodes=16)
+    src = randn(2, 16)
+    got = g.compute({"src": src, "idx": np.array([3, 0], np.int64)})["read"]
+    want = np.zeros((4, 16), np.float32)
+    want[[3, 0]] = src.astype(np.float16)
+    np.testing.assert_array_equal(got, want)
+    got = g.compute({"src": src * 2, "idx": np.array([1, 2], np.int64)})["read"]  # reuse: cache keeps rows 0, 3
+    want[[1, 2]] = (src * 2).astype(np.float16)
+    np.testing.assert_array_equal(got, want)
+    g.free()
+    kv.free()
+
+
+def test_weights_keep_numpy_order_shapes_and_exact_bytes(tmp_path, backend):
+    gguf = pytest.importorskip("gguf")
+    tensors = {
+        "a.weight": randn(3, 5),  # non-square: catches a missing ne <-> shape reversal
+        "a.bias": randn(5).astype(np.float16),
+        "b.table": rng.integers(-9, 9, (2, 3, 4)).astype(np.int32),
+    }
+    path = tmp_path / "m.gguf"
+    writer = gguf.GGUFWriter(str(path), "test")
+    for name, arr in tensors.items():
+        writer.add_tensor(name, arr)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+    W = load_weights(path, backend)
+    assert set(W) == set(tensors) and W.buffer.usage == "weights"
+    for name, arr in tensors.items():
+        assert W[name].shape == arr.shape
+        got = W[name].get()
+        assert got.dtype == arr.dtype
+        np.testing.assert_array_equal(got, arr)
+    only_a = load_weights(path, backend, select=lambda n: n.startswith("a."))
+    assert sorted(only_a) == ["a.bias", "a.weight"]
+    with pytest.raises(KeyError, match="b.table"):
+        only_a["b.table"]
+    t = W["a.weight"]
+    W.free()
+    with pytest.raises(Exception, match="freed"):
+        t.get()
+    only_a.free()
