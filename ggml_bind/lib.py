@@ -168,14 +168,25 @@ def _load() -> Loaded:
     try:
         C_ = ffi_.dlopen(str(path))
     except OSError as e:
-        raise GGMLLoadError(f"cannot load {path}: {e}; {_INSTALL_HINT}") from e
+        hint = _INSTALL_HINT
+        if "cuda" in str(e).lower():
+            hint = (
+                "this is a CUDA build of ggml and the CUDA driver/runtime is missing here; install "
+                "the NVIDIA driver, or reinstall the CPU provider with `pip install --force-reinstall "
+                f"--no-cache-dir {PROVIDER}`"
+            )
+        raise GGMLLoadError(f"cannot load {path}: {e}; {hint}") from e
     missing = [s for s in REQUIRED_SYMBOLS if not has_symbol(C_, s)]
     if missing:
         raise GGMLLoadError(f"{path} lacks {', '.join(missing)}; {_INSTALL_HINT}")
     _check_layout(ffi_, C_, path)
     _check_enums(ffi_, C_, path)
     loaded = Loaded(ffi_, C_, path, include_dir, version)
-    _install_callbacks(loaded)
+    _install_callbacks(loaded)  # before the registry is touched: CUDA init logs
+    if C_.ggml_backend_dev_count() == 0:  # a GGML_BACKEND_DL build: backends are plugins
+        C_.ggml_backend_load_all_from_path(str(lib_dir).encode())
+    if C_.ggml_backend_dev_count() == 0:
+        raise GGMLLoadError(f"{path} has no backend at all (not even the CPU); {_INSTALL_HINT}")
     C_.ggml_cpu_init()
     log.debug("loaded ggml %s from %s (headers %s)", version, path, include_dir)
     return loaded

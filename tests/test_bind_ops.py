@@ -467,3 +467,39 @@ def test_weights_keep_numpy_order_shapes_and_exact_bytes(tmp_path, backend):
     with pytest.raises(Exception, match="freed"):
         t.get()
     only_a.free()
+
+
+# --------------------------------------------------------------------------- properties
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from ggml_bind.tensor import ne_from_shape, shape_from_ne  # noqa: E402
+
+shapes = st.lists(st.integers(1, 4), min_size=1, max_size=4).map(tuple)
+
+
+@given(shapes)
+def test_shape_and_ne_are_reverses_of_each_other(shape):
+    ne = ne_from_shape(shape)
+    assert len(ne) == 4 and ne[: len(shape)] == list(shape[::-1]) and all(x == 1 for x in ne[len(shape):])
+    assert shape_from_ne(ne, len(shape)) == shape
+
+
+@settings(max_examples=25)
+@given(st.data())
+def test_permute_matches_numpy_transpose_for_any_axes(sched, data):
+    shape = data.draw(shapes)
+    axes = tuple(data.draw(st.permutations(range(len(shape)))))
+    a = rng.standard_normal(shape).astype(np.float32)
+    got = run(sched, lambda ctx, a: ops.cont(ctx, ops.permute(ctx, a, axes)), a=a)
+    np.testing.assert_array_equal(got, np.transpose(a, axes))
+
+
+@settings(max_examples=25)
+@given(st.data())
+def test_add_broadcasts_any_size_one_pattern_like_numpy(sched, data):
+    shape = data.draw(shapes)
+    b_shape = tuple(d if data.draw(st.booleans()) else 1 for d in shape)
+    a = rng.standard_normal(shape).astype(np.float32)
+    b = rng.standard_normal(b_shape).astype(np.float32)
+    np.testing.assert_array_equal(run(sched, lambda ctx, a, b: ops.add(ctx, a, b), a=a, b=b), a + b)
