@@ -166,7 +166,7 @@ class Graph:
 
     def compute(self, inputs: dict | None = None, outputs: list[str] | None = None) -> dict[str, np.ndarray]:
         """Set ``inputs``, run the graph, return the named outputs as numpy arrays."""
-        self.ctx.check()
+        self.ctx.check_deps()
         self.set_inputs(inputs or {})
         self.sched.compute(self)
         names = list(self.outputs) if outputs is None else outputs

@@ -40,6 +40,7 @@ def _prep(ctx: Context, op: str, *tensors: Tensor | None, room: int = 1) -> None
         if not isinstance(t, Tensor):
             raise GGMLTypeError(f"expected a Tensor, got {type(t).__name__}", op=op)
         t.ctx.check()
+        ctx.depend_on(t.ctx)  # the result reads t: keep t's context (and buffer) alive
     ctx.ensure_room(room, op)
 
 

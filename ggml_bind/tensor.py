@@ -127,11 +127,30 @@ class Context:
         self.index_bounds: dict[int, tuple[int, str]] = {}
         # numpy ndim of each tensor (by address): ggml_n_dims forgets leading size-1 axes
         self.ndims: dict[int, int] = {}
+        # other contexts whose tensors ops here read (weights, KV cache): kept alive with
+        # this one, and checked before computing (see check_deps)
+        self.deps: dict[int, "Context"] = {}
 
     # lifecycle ------------------------------------------------------------
     def check(self) -> None:
         if not self.alive:
             raise GGMLFreedError("the context of this tensor was freed")
+
+    def depend_on(self, other: "Context") -> None:
+        if other is not self:
+            self.deps[id(other)] = other
+
+    def check_deps(self) -> None:
+        """Raise GGMLFreedError if this context or one it reads from was freed."""
+        todo, seen = [self], set()
+        while todo:
+            c = todo.pop()
+            if id(c) in seen:
+                continue
+            seen.add(id(c))
+            if not c.alive:
+                raise GGMLFreedError("a context this graph reads from (weights, cache) was freed")
+            todo.extend(c.deps.values())
 
     def free(self) -> None:
         """Free the context now; every Tensor of it becomes invalid.  Idempotent."""
@@ -139,6 +158,7 @@ class Context:
             self.alive = False
             _lib.ffi().release(self.ptr)  # runs ggml_free exactly once
             self.buffers.clear()
+            self.deps.clear()
 
     def __enter__(self):
         return self

@@ -333,3 +333,25 @@ def test_without_the_checks_ggml_really_aborts_and_the_abort_is_logged():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "survived" not in proc.stdout
     assert "ggml_can_repeat" in proc.stderr and "ggml is aborting" in proc.stderr
+
+
+def test_a_graph_keeps_its_weights_alive_and_refuses_to_run_on_freed_ones(be, sched):
+    import gc
+    import weakref
+
+    def make():
+        w_ctx = Context(n_tensors=1)
+        w = t(w_ctx, (4,), name="w")
+        w_ctx.allocate(be)
+        w.set(np.full(4, 3.0, np.float32))
+        return weakref.ref(w_ctx), Graph(sched, lambda ctx: ops.mul(ctx, ctx.input("x", "f32", (4,)), w), max_nodes=4)
+
+    w_ref, g = make()
+    gc.collect()  # only the graph refers to the weights now: they must survive
+    assert w_ref() is not None
+    (y,) = g.compute({"x": np.ones(4, np.float32)}).values()
+    np.testing.assert_array_equal(y, 3.0)
+    w_ref().free()  # explicitly freed: the graph refuses instead of reading freed memory
+    with pytest.raises(GGMLFreedError):
+        g.compute({"x": np.ones(4, np.float32)})
+    g.free()
