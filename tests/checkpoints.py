@@ -16,6 +16,16 @@ API::
     fx.text_config      # the LLM's transformers config dict
     fx.llm_state_dict() # {HF LLM name: float32 torch tensor} read back from the files
 
+    from tests.checkpoints import make_gguf
+    llm_path, mmproj_path, fx = make_gguf("llava-1.5", "/tmp/ckpts", outtype="f32")
+                        # checkpoint + both GGUF files (cached: reuses files already there)
+
+In a test session, build them once with a session fixture::
+
+    @pytest.fixture(scope="session")
+    def llava15(tmp_path_factory):
+        return make_gguf("llava-1.5", tmp_path_factory.mktemp("llava"), outtype="f32")
+
     python tests/checkpoints.py OUTDIR [LAYOUT ...]       # write them for manual use
 
 LAYOUTS (name → what it imitates):
@@ -40,7 +50,7 @@ LAYOUTS (name → what it imitates):
 
 Keyword options of make_checkpoint: ``seed``, ``tower_in_config`` (llava-1.5/mobilevlm: put the
 CLIP folder's absolute path in mm_vision_tower instead of the hub name).  Fixtures are
-deterministic for a given seed.
+deterministic for a given seed, and a folder that is already complete is reused as is.
 """
 from __future__ import annotations
 
@@ -290,8 +300,8 @@ def _make_clip_folder(root: str, seed: int) -> str:
     """openai/clip-vit-large-patch14-336 in miniature: two-tower CLIPModel, pytorch_model.bin."""
     import torch
 
-    folder = os.path.join(root, "clip-vit-large-patch14-336")
-    if os.path.exists(os.path.join(folder, "config.json")):
+    folder = os.path.join(root, "clip-vit-large-patch14-336" + (f"-seed{seed}" if seed else ""))
+    if os.path.exists(os.path.join(folder, "preprocessor_config.json")):  # written last
         return folder
     os.makedirs(folder, exist_ok=True)
     sd, config = _clip_vision(seed + 1000, two_tower=True)
@@ -316,16 +326,21 @@ def make_checkpoint(layout: str, root, *, seed: int = 0, tower_in_config: bool =
         raise ValueError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
     root = os.path.abspath(os.fspath(root))
     os.makedirs(root, exist_ok=True)
-    folder = os.path.join(root, layout + ("-towerpath" if tower_in_config else ""))
-    os.makedirs(folder, exist_ok=True)
-    sp_model = _tokenizer_model(root)
-    torch.manual_seed(seed)
+    folder = os.path.join(root, layout + ("-towerpath" if tower_in_config else "") + (f"-seed{seed}" if seed else ""))
     mistral = "mistral" in layout or layout == "bakllava-1"
     hf = layout.startswith("llava-hf")
     text_config = dict(MISTRAL if mistral else LLAMA, model_type="mistral" if mistral else "llama")
     if hf:
         text_config["vocab_size"] = HF_VOCAB
         text_config["pad_token_id"] = N_SP + 1
+    separate = layout in ("llava-1.5", "mobilevlm-v1", "mobilevlm-v2")
+    if os.path.exists(os.path.join(folder, "generation_config.json")):  # written last: complete
+        tower = _make_clip_folder(root, seed) if separate else None
+        files = sorted(f for f in os.listdir(folder) if f.endswith((".bin", ".safetensors")))
+        return Fixture(layout, folder, tower, text_config, "language_model." if hf else "", files)
+    os.makedirs(folder, exist_ok=True)
+    sp_model = _tokenizer_model(root)
+    torch.manual_seed(seed)
     llm = _llm(text_config, seed)
     n_embd, d_vis = text_config["hidden_size"], VISION["hidden_size"]
     tower = None
@@ -333,7 +348,7 @@ def make_checkpoint(layout: str, root, *, seed: int = 0, tower_in_config: bool =
     common.update(torch_dtype="float16", transformers_version="4.36.2", use_cache=True, initializer_range=0.02,
                   pretraining_tp=1, rope_scaling=None, attention_bias=False, pad_token_id=0)
 
-    if layout in ("llava-1.5", "mobilevlm-v1", "mobilevlm-v2"):
+    if separate:
         tower = _make_clip_folder(root, seed)
     hub_tower = "openai/clip-vit-large-patch14-336"
 
@@ -422,6 +437,21 @@ def make_checkpoint(layout: str, root, *, seed: int = 0, tower_in_config: bool =
     _write_json(os.path.join(folder, "generation_config.json"),
                 {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "max_length": 4096})
     return Fixture(layout, folder, tower, text_config, "language_model." if hf else "", files)
+
+
+def make_gguf(layout: str, root, *, outtype: str = "f16", seed: int = 0) -> tuple[str, str, Fixture]:
+    """``make_checkpoint`` then ``gguflite.convert.convert_llava`` into ``root/gguf``;
+    returns ``(llm_path, mmproj_path, fixture)``.  Files already converted are reused."""
+    from gguflite.convert import convert_llava
+
+    fx = make_checkpoint(layout, root, seed=seed)
+    outdir = os.path.join(os.path.abspath(os.fspath(root)), "gguf")
+    llm = os.path.join(outdir, f"{layout}-{outtype}.gguf")
+    mmproj = os.path.join(outdir, f"mmproj-{layout}-{outtype}.gguf")
+    if not (os.path.exists(llm) and os.path.exists(mmproj)):
+        llm, mmproj = convert_llava(fx.model_dir, vision_tower=fx.vision_tower, outdir=outdir, outtype=outtype,
+                                    progress=False)
+    return llm, mmproj, fx
 
 
 def main(argv=None):

@@ -16,7 +16,7 @@ import torch
 
 import gguf
 from gguflite.convert import convert_llava
-from gguflite.convert.cli import main as cli_main
+from gguflite.cli import main as cli_main
 from gguflite.errors import CheckpointError
 from tests.checkpoints import LAYOUTS, N_SP, PINPOINTS, VISION, make_checkpoint
 
@@ -569,10 +569,19 @@ def test_the_command_writes_both_files_and_prints_their_paths(fixtures, tmp_path
     assert "tensors" in err  # the progress bar
 
 
+def test_the_standalone_entry_point_runs_the_same_command(fixtures, tmp_path, capsys):
+    from gguflite.convert.cli import main
+
+    fx = fixtures["llava-hf-1.5"]
+    assert main(["convert-llava", fx.model_dir, "--outdir", str(tmp_path), "--quiet"]) == 0
+    assert main(["convert-llava", fx.model_dir, "--outdir", fx.model_dir, "--quiet"]) == 2
+    assert "inside a source folder" in capsys.readouterr().err
+
+
 def test_the_command_reports_errors_without_a_traceback(fixtures, tmp_path, capsys):
     rc = cli_main(["convert-llava", fixtures["mobilevlm-v1"].model_dir, "--outdir", str(tmp_path),
                    "--vision-tower", fixtures["mobilevlm-v1"].vision_tower, "--projector", "mlp", "--quiet"])
     out, err = capsys.readouterr()
-    assert rc == 1
+    assert rc == 2
     assert "error:" in err and "mlp projector" in err and "Traceback" not in err
     assert os.listdir(tmp_path) == []

@@ -29,23 +29,26 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    try:
-        llm, mmproj = convert_llava(args.model_dir, vision_tower=args.vision_tower, outdir=args.outdir,
-                                    outtype=args.outtype, projector=args.projector, progress=not args.quiet)
-    except GGUFError as e:
-        print(f"gguflite convert-llava: error: {e}", file=sys.stderr)
-        return 1
+    """Errors (GGUFError, CheckpointError) propagate to ``gguflite.cli.main``, which prints
+    them and exits 2."""
+    llm, mmproj = convert_llava(args.model_dir, vision_tower=args.vision_tower, outdir=args.outdir,
+                                outtype=args.outtype, projector=args.projector, progress=not args.quiet)
     print(llm)
     print(mmproj)
     return 0
 
 
 def main(argv=None) -> int:
-    """Stand-alone entry point (``python -m gguflite.convert.cli``)."""
+    """Stand-alone entry point (``python -m gguflite.convert.cli convert-llava ...``), with
+    the same error handling as ``gguflite``."""
     parser = argparse.ArgumentParser(prog="gguflite")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except GGUFError as e:
+        print(f"gguflite: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ the position embedding follows f32/f16 (F16 for the other outtypes); 2-D weights
 ``outtype``, falling back to F16 when a row is not a whole number of quant blocks.
 ``q4_k_m`` follows llama.cpp's mix: Q6_K for ``output.weight`` and for ``attn_v``/
 ``ffn_down`` in the first and last eighth of the layers and every third layer, Q4_K
-elsewhere; the mmproj gets Q8_0 weights for any quantized outtype... (see ``_mmproj_type``).
+elsewhere.  For any quantized outtype the mmproj's 2-D weights are Q8_0: the tower is small
+and its errors compound over hundreds of image tokens.
 """
 from __future__ import annotations
 
