@@ -165,7 +165,9 @@ class Buffer:
         if usage not in USAGE:
             raise GGMLBackendError(f"buffer usage must be one of {sorted(USAGE)}, got {usage!r}")
         # The destructor closure holds the backend: the buffer is freed before it.
-        self.ptr = _lib.ffi().gc(raw_ptr, lambda p, _keep=backend: C.ggml_backend_buffer_free(p))
+        # (it holds the backend's owned cdata, not the Python object, so that even a cyclic
+        # garbage collection cannot free the backend first)
+        self.ptr = _lib.ffi().gc(raw_ptr, lambda p, _keep=backend.ptr: C.ggml_backend_buffer_free(p))
         self.backend = backend
         self.usage = usage
         C.ggml_backend_buffer_set_usage(self.ptr, USAGE[usage])
@@ -199,7 +201,7 @@ class Scheduler:
         ptr = C.ggml_backend_sched_new(arr, ffi.NULL, len(backends), graph_size, False, True)
         if ptr == ffi.NULL:
             raise GGMLBackendError("ggml_backend_sched_new failed")
-        self.ptr = ffi.gc(ptr, lambda p, _keep=tuple(backends): C.ggml_backend_sched_free(p))
+        self.ptr = ffi.gc(ptr, lambda p, _keep=tuple(b.ptr for b in backends): C.ggml_backend_sched_free(p))
         self.backends = tuple(backends)
         self.graph_size = graph_size
         self.current = None  # the Graph whose tensors the sched's buffers hold now
