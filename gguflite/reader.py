@@ -63,7 +63,7 @@ from .types import (
     type_name,
 )
 
-__all__ = ["open", "validate", "GGUFFile", "Field", "TensorInfo", "StringArray", "MAX_NESTING"]
+__all__ = ["open", "validate", "GGUFFile", "Field", "TensorInfo", "FileRange", "StringArray", "MAX_NESTING"]
 
 # Nested arrays (which llama.cpp rejects) are read, but only this deep, so that a hostile
 # file cannot exhaust the Python stack.
@@ -110,15 +110,15 @@ class StringArray(Sequence):
         if self._starts is None:
             unpack = struct.Struct(self.endian + ("Q" if self.len_size == 8 else "I")).unpack_from
             buf, pos, lw = self._buf, self.start, self.len_size
-            starts = [0] * self._count
-            lens = [0] * self._count
-            for i in range(self._count):
-                (n,) = unpack(buf, pos)
-                starts[i] = pos + lw
-                lens[i] = n
-                pos += lw + n
-            self._starts = np.array(starts, dtype=np.int64)
-            self._lens = np.array(lens, dtype=np.int64)
+            prefixes = []  # where each string's length prefix starts (walked by the parser)
+            append = prefixes.append
+            for _ in itertools.repeat(None, self._count):
+                append(pos)
+                pos += unpack(buf, pos)[0] + lw
+            prefixes.append(pos)
+            bounds = np.array(prefixes, dtype=np.int64)
+            self._starts = bounds[:-1] + lw
+            self._lens = bounds[1:] - self._starts
             if self._count and int(self._lens.max()) > GGUF_MAX_STRING_LENGTH:
                 i = int(np.argmax(self._lens > GGUF_MAX_STRING_LENGTH))
                 raise BadValue(f"string {i} is longer than 1 GiB", offset=int(self._starts[i]) - self.len_size)
@@ -144,13 +144,15 @@ class StringArray(Sequence):
         return decode_str(self.raw(i))
 
     def __iter__(self) -> Iterator[str]:
-        starts, lens = self._index()
-        buf = self._buf
-        for s, n in zip(starts.tolist(), lens.tolist()):
-            yield decode_str(bytes(buf[s : s + n]))
+        return iter(self.tolist())
 
     def tolist(self) -> list[str]:
-        return list(self)
+        """All strings, decoded: one copy of the region, then one slice per string."""
+        starts, lens = self._index()
+        region = bytes(self._buf[self.start : self.end])
+        base = self.start
+        return [region[s : s + n].decode("utf-8", "surrogateescape")
+                for s, n in zip((starts - base).tolist(), lens.tolist())]
 
     def raw_bytes(self) -> memoryview:
         """The serialized strings (length prefixes included) exactly as in the file;
@@ -182,6 +184,24 @@ class Field:
     offset: int
     value_offset: int = 0
     end: int = 0
+
+
+@dataclass(frozen=True)
+class FileRange:
+    """``nbytes`` bytes from ``offset`` of an open ``GGUFFile``: a tensor source the
+    writer copies with ``os.copy_file_range`` (no trip through Python memory)."""
+
+    file: "GGUFFile"
+    offset: int
+    nbytes: int
+
+    def fileno(self) -> int:
+        if self.file._fh is None or self.file._fh.closed:
+            raise GGUFError("file is closed", path=self.file.path)
+        return self.file._fh.fileno()
+
+    def view(self) -> np.ndarray:
+        return self.file._bytes(self.offset, self.nbytes, "")
 
 
 @dataclass(frozen=True)
@@ -222,6 +242,12 @@ class TensorInfo:
     def raw(self) -> np.ndarray:
         """The tensor's bytes: read-only uint8 [nbytes] view."""
         return self._file._bytes(self.abs_offset, self.nbytes, self.name)
+
+    def file_range(self) -> "FileRange":
+        """This tensor's bytes as a ``FileRange`` of its open file (the writer copies
+        those file-to-file, as ``cp`` does)."""
+        self._file._bytes(self.abs_offset, self.nbytes, self.name)  # open and in bounds
+        return FileRange(self._file, self.abs_offset, self.nbytes)
 
     @property
     def data(self) -> np.ndarray:
@@ -408,13 +434,17 @@ class GGUFFile:
         self.path = os.fspath(path)
         self._mm = None
         self._base = None
+        self._fh = None  # kept open (read-only) so the writer can copy file ranges in-kernel
         try:
-            with builtins.open(self.path, "rb") as fh:
-                self.size = os.fstat(fh.fileno()).st_size
-                if self.size < 4:
-                    raise TruncatedFile(0, 4, self.size, "magic", path=self.path)
-                self._mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            self._fh = builtins.open(self.path, "rb")
+            self.size = os.fstat(self._fh.fileno()).st_size
+            if self.size < 4:
+                self._fh.close()
+                raise TruncatedFile(0, 4, self.size, "magic", path=self.path)
+            self._mm = mmap.mmap(self._fh.fileno(), 0, access=mmap.ACCESS_READ)
         except OSError as e:
+            if self._fh is not None:
+                self._fh.close()
             raise GGUFError(f"cannot open: {e.strerror or e}", path=self.path) from e
         try:
             self._base = np.frombuffer(self._mm, dtype=np.uint8)
@@ -580,6 +610,8 @@ class GGUFFile:
         """Release the map.  Views handed out earlier keep the mapping alive until they
         are garbage-collected (numpy holds a reference); new accesses raise."""
         self._base = None
+        if self._fh is not None:
+            self._fh.close()
         mm, self._mm = self._mm, None
         if mm is not None:
             try:

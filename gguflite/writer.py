@@ -42,7 +42,7 @@ from typing import Any, Callable, Union
 import numpy as np
 
 from .errors import BadAlignment, DuplicateKey, DuplicateTensor, WriteError
-from .reader import MAX_NESTING, StringArray
+from .reader import MAX_NESTING, FileRange, StringArray
 from .types import (
     GGML_MAX_DIMS,
     GGML_MAX_NAME,
@@ -397,7 +397,7 @@ class GGUFWriter:
         name = info.name if name is None else name
         traits = TYPE_TRAITS.get(info.type)
         if info.file.endian == self.endian:
-            src = lambda: info.raw  # noqa: E731
+            src = info.file_range()
         elif traits is not None and traits.dtype is not None:
             src = lambda: info.data  # noqa: E731  (the writer swaps typed data)
         else:
@@ -471,6 +471,10 @@ class GGUFWriter:
 
     def _tensor_buffer(self, t: _Tensor, src) -> np.ndarray | bytes | memoryview:
         """``src`` as exactly ``t.nbytes`` bytes in the output byte order."""
+        if isinstance(src, FileRange):
+            if src.nbytes != t.nbytes:
+                raise WriteError(f"{src.nbytes} bytes given, {t.nbytes} needed", tensor=t.name)
+            return src
         if isinstance(src, (bytes, bytearray, memoryview)):
             n = src.nbytes if isinstance(src, memoryview) else len(src)
             if n != t.nbytes:
@@ -541,7 +545,10 @@ class GGUFWriter:
                     buf = self._tensor_buffer(t, src)
                 else:
                     buf = src
-                fh.write(buf)
+                if isinstance(buf, FileRange):
+                    _copy_range(buf, fh)
+                else:
+                    fh.write(buf)
                 del src, buf
                 pad = align_up(t.nbytes, self.alignment) - t.nbytes
                 if pad:
@@ -563,6 +570,27 @@ class GGUFWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None and not self._written:
             self.write()
+
+
+def _copy_range(src: FileRange, fh) -> None:
+    """Append ``src`` to the buffered file ``fh``: in-kernel with copy_file_range where
+    the OS allows it (what ``cp`` does), else through the source's memory map."""
+    fh.flush()
+    out = fh.fileno()
+    off, left = src.offset, src.nbytes
+    try:
+        fd = src.fileno()
+        while left:
+            n = os.copy_file_range(fd, out, min(left, 1 << 30), off)
+            if n <= 0:
+                break
+            off += n
+            left -= n
+    except (AttributeError, OSError):
+        pass  # no copy_file_range here (other OS, filesystem or kernel): copy below
+    fh.seek(0, os.SEEK_END)
+    if left:
+        fh.write(src.view()[off - src.offset :])
 
 
 def _check_alignment(a) -> None:

@@ -324,3 +324,42 @@ def test_writing_a_read_file_back_reproduces_its_bytes(tmp_path):
 
 def test_errors_are_gguf_errors():
     assert issubclass(WriteError, GGUFError)
+
+
+@pytest.mark.parametrize("kernel_copy", [True, False])
+def test_tensors_copied_from_a_read_file_are_byte_identical_with_or_without_copy_file_range(
+        tmp_path, monkeypatch, kernel_copy):
+    src = tmp_path / "src.gguf"
+    w = GGUFWriter(src)
+    w.add_tensor("a", (3, 5), "f32", np.arange(15, dtype=np.float32).reshape(3, 5))
+    w.add_tensor("q", (2, 32), "q8_0", np.arange(68, dtype=np.uint8))
+    w.add_tensor("u", (4,), 99, b"\x09" * 20)
+    w.write()
+    if not kernel_copy:
+        def unsupported(*a):
+            raise OSError(38, "Function not implemented")
+        monkeypatch.setattr(os, "copy_file_range", unsupported)
+    with gguflite.open(src) as f:
+        w = GGUFWriter(tmp_path / "copy.gguf")
+        for t in f.tensors.values():
+            w.add_tensor_from(t)
+        w.write()
+    assert (tmp_path / "copy.gguf").read_bytes() == src.read_bytes()
+
+
+def test_plain_tensors_change_byte_order_when_copied_into_a_big_endian_writer(tmp_path):
+    src = tmp_path / "src.gguf"
+    w = GGUFWriter(src)
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    w.add_tensor("a", a.shape, "f32", a)
+    w.add_tensor("q", (32,), "q8_0", np.zeros(34, np.uint8))
+    w.write()
+    with gguflite.open(src) as f:
+        w = GGUFWriter(tmp_path / "be.gguf", endian=">")
+        w.add_tensor_from(f.tensors["a"])
+        with pytest.raises(WriteError, match="convert-endian"):
+            w.add_tensor_from(f.tensors["q"])
+        w.write()
+    with gguflite.open(tmp_path / "be.gguf") as f:
+        assert f.tensors["a"].data.dtype == np.dtype(">f4")
+        np.testing.assert_array_equal(f.tensors["a"].data, a)
