@@ -205,6 +205,7 @@ def test_rope_ext_normal_mode_matches_a_numpy_rope(sched, n_dims):
     close(got, numpy_rope_normal(x, pos, n_dims, 10000.0), atol=1e-4)
 
 
+@pytest.mark.slow  # importing transformers' llama module takes seconds
 def test_rope_ext_neox_mode_matches_transformers_rotate_half(sched):
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 

@@ -2,7 +2,7 @@
 quantizers (bit-exact where gguf implements the type) and refusing bad arguments in Python."""
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 from hypothesis.extra.numpy import arrays
 
 from ggml_bind.errors import GGMLError, GGMLLoadError, GGMLShapeError, GGMLTypeError
@@ -43,6 +43,7 @@ def test_quantize_chunk_is_bit_exact_with_gguf_py(qtype):
     np.testing.assert_array_equal(ours, ref.view(np.uint8))
 
 
+@settings(max_examples=30)
 @given(arrays(np.float32, (2, 64), elements=finite))
 def test_q8_0_and_q4_0_match_gguf_py_on_arbitrary_values(x):
     for qtype in (Q.Q8_0, Q.Q4_0):
@@ -73,6 +74,7 @@ def test_quantize_with_an_importance_matrix_uses_it():
     assert np.abs(weighted - x)[:, :16].mean() < np.abs(plain - x)[:, :16].mean()
 
 
+@pytest.mark.slow  # ggml_quantize_init builds the IQ2 grids (seconds)
 def test_iq2_xxs_needs_an_imatrix_and_works_with_one():
     x = rows(Q.IQ2_XXS, n_rows=1, blocks=1)
     with pytest.raises(GGMLError, match="importance matrix"):
