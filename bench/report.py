@@ -27,6 +27,7 @@ import re
 import shlex
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -86,21 +87,39 @@ class ChildRun:
         return self
 
 
+# Runs the command and reports its own wall time and ru_maxrss.  A separate small process,
+# because Linux carries the *parent's* RSS high-water mark into a child across fork + exec
+# (exec_mmap records the old mm's hiwater), so wait4 from a big benchmark process would
+# report the benchmark's own size for a small child.
+_MEASURE = (
+    "import os, subprocess, sys, time\n"
+    "t0 = time.perf_counter()\n"
+    "p = subprocess.Popen(sys.argv[2:])\n"
+    "_, st, ru = os.wait4(p.pid, 0)\n"
+    "dt = time.perf_counter() - t0\n"
+    "open(sys.argv[1], 'w').write(f'{dt!r} {ru.ru_maxrss}')\n"
+    "code = os.waitstatus_to_exitcode(st)\n"
+    "sys.exit(code if code >= 0 else 128 - code)\n"
+)
+
+
 def run_child(argv: Sequence[str], *, cwd: str | None = None, env: dict | None = None,
               tail: int = 4000) -> ChildRun:
-    """Run ``argv`` to completion and measure it with ``os.wait4`` (per-child rusage, so
-    several measurements in one process do not mix).  Output goes to a temp file, not a
+    """Run ``argv`` to completion; wall time and peak RSS (``ru_maxrss`` from ``os.wait4``)
+    are taken by a small launcher process, so several measurements in one process do not
+    mix and the caller's own size does not leak in.  Output goes to a temp file, not a
     pipe, so a chatty child cannot block."""
     argv = [os.fspath(a) for a in argv]
-    with tempfile.TemporaryFile() as log:
-        t0 = time.perf_counter()
-        p = subprocess.Popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        _, status, usage = os.wait4(p.pid, 0)
-        seconds = time.perf_counter() - t0
-        p.returncode = os.waitstatus_to_exitcode(status)  # so Popen does not wait again
+    with tempfile.TemporaryFile() as log, tempfile.NamedTemporaryFile("r", suffix=".rss") as res:
+        launcher = [sys.executable, "-I", "-S", "-c", _MEASURE, res.name]
+        rc = subprocess.run(launcher + argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL).returncode
         log.seek(0)
         text = log.read().decode("utf-8", "replace")
-    return ChildRun(argv, seconds, usage.ru_maxrss * 1024, p.returncode, text[-tail:])
+        measured = res.read().split()
+    if len(measured) != 2:
+        raise RuntimeError(f"the measuring launcher failed (status {rc}): {shlex.join(argv)}\n{text[-tail:]}")
+    return ChildRun(argv, float(measured[0]), int(measured[1]) * 1024, rc, text[-tail:])
 
 
 # --------------------------------------------------------------------------- machine
