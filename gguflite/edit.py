@@ -68,8 +68,9 @@ class Editor:
             raise GGUFError("no such key", path=self.path, key=key)
         old = self._kv[key]
         value = self._src.metadata[key] if isinstance(old, Field) else old[3]
-        if isinstance(type, ValueType) and type != V.ARRAY and (isinstance(old, Field) and old.type == V.ARRAY):
-            type = (V.ARRAY, type)
+        old_type = old.type if isinstance(old, Field) else old[0]
+        if not isinstance(type, tuple) and ValueType(type) != V.ARRAY and old_type == V.ARRAY:
+            type = (V.ARRAY, ValueType(type))  # an element type for an array
         self.set(key, value, type)
 
     def delete(self, key: str) -> None:

@@ -177,7 +177,12 @@ def _check_scalar(value, vtype: ValueType, key: str):
     if vtype in _FLOAT_TYPES:
         if not (_is_int(value) or isinstance(value, (float, np.floating))):
             raise WriteError(f"{vtype.name} needs a number, got {value!r}", key=key)
-        return float(value)
+        try:
+            v = float(value)
+            struct.pack("<f" if vtype == V.FLOAT32 else "<d", v)
+        except OverflowError:
+            raise WriteError(f"{value!r} is out of range for {vtype.name}", key=key) from None
+        return v
     raise WriteError(f"{vtype!r} is not a scalar type", key=key)
 
 
@@ -222,7 +227,11 @@ def _numeric_array(value, etype: ValueType, key: str) -> np.ndarray:
         return arr.astype(target)
     if k not in "iubf":
         raise WriteError(f"{etype.name} array needs numbers, got {arr.dtype}", key=key)
-    return arr.astype(target)
+    with np.errstate(over="ignore"):
+        out = arr.astype(target)
+    if etype == V.FLOAT32 and arr.size and np.isinf(out).any() and not np.isinf(arr[np.isinf(out)]).all():
+        raise WriteError("values out of range for FLOAT32 (they would become inf)", key=key)
+    return out
 
 
 def _normalize(key: str, value, vtype: ValueType, etype: ValueType | None, allow_nested: bool, depth: int = 0):

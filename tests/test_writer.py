@@ -181,7 +181,7 @@ def test_type_inference_follows_the_documented_table(value, expected):
 
 @pytest.mark.parametrize("value, vtype", [
     (256, V.UINT8), (-1, V.UINT32), (2**64, None), (1.5, V.INT32), ("x", V.INT32), ([300], (V.ARRAY, V.UINT8)),
-    ([1.5], (V.ARRAY, V.INT16)), (2, V.BOOL), (np.zeros((2, 2)), None), ([1, "a"], None), (np.float16(1), None),
+    ([1.5], (V.ARRAY, V.INT16)), (2, V.BOOL), (1e300, V.FLOAT32), ([1e300], (V.ARRAY, V.FLOAT32)), (np.zeros((2, 2)), None), ([1, "a"], None), (np.float16(1), None),
 ])
 def test_values_that_do_not_fit_their_type_are_refused(value, vtype):
     with pytest.raises(WriteError):
