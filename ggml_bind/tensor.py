@@ -365,6 +365,10 @@ class Tensor:
             if a.dtype != dtype:
                 if not np.can_cast(a.dtype, dtype, casting="same_kind"):
                     raise GGMLTypeError(f"cannot store {a.dtype} in {self.type_name} tensor {self.name!r}")
+                if dtype.kind in "iu" and a.size and not np.can_cast(a.dtype, dtype, casting="safe"):
+                    info = np.iinfo(dtype)  # narrowing ints: refuse values that would wrap
+                    if a.min() < info.min or a.max() > info.max:
+                        raise GGMLShapeError(f"values of {self.name!r} do not fit in {self.type_name}")
                 a = a.astype(dtype)
         a = np.ascontiguousarray(a)
         if a.nbytes != self.nbytes:  # belt and braces: never write past the tensor

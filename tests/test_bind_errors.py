@@ -218,6 +218,9 @@ def test_copies_in_and_out_are_checked(be):
             i.set(np.zeros(2, np.float32))  # float -> int is not a same-kind cast
         with pytest.raises(GGMLShapeError):
             q.set(np.zeros((2, 33), np.uint8))  # Q8_0 rows of 32 take 34 bytes
+        with pytest.raises(GGMLShapeError, match="do not fit"):
+            i.set(np.array([1, 2**40], np.int64))  # would wrap in I32
+        i.set(np.array([1, -2], np.int64))  # fits: a checked narrowing
         q.set(np.zeros((2, 34), np.uint8))
         a.set(np.ones((2, 3)))  # float64 -> F32 is a same-kind cast
         np.testing.assert_array_equal(a.get(), 1)
