@@ -7,3 +7,11 @@ from .edit import Editor  # noqa: F401
 from .split import SplitModel, merge_files, split_file  # noqa: F401
 
 __version__ = "0.1.0"
+
+# ``from gguflite import *`` leaves out ``open`` so that it cannot shadow the builtin.
+__all__ = [
+    "GGUFFile", "Field", "TensorInfo", "StringArray", "validate", "GGUFWriter", "infer_type", "Editor",
+    "SplitModel", "split_file", "merge_files", "GGMLType", "TYPE_TRAITS", "ValueType",
+    "GGUFError", "TruncatedFile", "BadMagic", "BadVersion", "BadValue", "DuplicateKey", "BadAlignment",
+    "BadTensorInfo", "DuplicateTensor", "TensorOutOfBounds", "BadSplit", "WriteError", "CheckpointError",
+]
