@@ -106,7 +106,7 @@ def _compile(table: dict[str, object]):
     return out
 
 
-_COMPILED: dict[int, list] = {}
+_COMPILED: dict[int, list] = {}  # memo: id(table) -> compiled patterns (the tables are module constants)
 
 
 def map_name(table: dict[str, object], name: str) -> tuple[str | None, str | None]:

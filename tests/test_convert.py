@@ -395,6 +395,29 @@ def test_quantized_outputs_dequantize_close_to_the_source_and_run_in_llama_cpp(f
     assert n == 576 and np.isfinite(emb).all()
 
 
+def test_a_checkpoint_saved_by_transformers_own_llava_class_converts_and_runs(ckpt_root, fixtures, tmp_path):
+    """transformers >= 5 saves llava-hf checkpoints without the vision_model. level."""
+    import transformers
+
+    from tests.checkpoints import LLAMA
+
+    torch.manual_seed(3)
+    tc = dict(LLAMA, model_type="llama", vocab_size=N_SP + 2)
+    cfg = transformers.LlavaConfig(text_config=tc, vision_config=dict(VISION), image_token_index=N_SP,
+                                   vision_feature_layer=-2, projector_hidden_act="gelu")
+    model = transformers.LlavaForConditionalGeneration(cfg).eval()
+    src = tmp_path / "llava-t5"
+    model.save_pretrained(src)
+    shutil.copy(os.path.join(fixtures["llava-hf-1.5"].model_dir, "tokenizer.model"), src)
+    (src / "added_tokens.json").write_text(json.dumps({"<image>": N_SP, "<pad>": N_SP + 1}))
+    llm, mm = convert_llava(src, outdir=tmp_path / "out", outtype="f32", progress=False)
+    with torch.no_grad():
+        want = model(input_ids=torch.tensor([PROMPT])).logits[0].numpy()
+    got = _llama_cpp_logits(llm, PROMPT)
+    np.testing.assert_allclose(got, want, atol=5e-3 * np.abs(want).max(), rtol=0)
+    assert _mtmd_encode(llm, mm)[0] == 576
+
+
 # --------------------------------------------------------------------------- how the tower is found
 
 
@@ -546,6 +569,32 @@ def test_an_interrupted_run_leaves_no_partial_output(fixtures, tmp_path, monkeyp
     assert "token_embd.weight" in calls
     assert sorted(os.listdir(outdir)) == ["llava-1.6-vicuna-f16.gguf"]
     assert (outdir / "llava-1.6-vicuna-f16.gguf").read_bytes() == b"an older file"
+
+
+def test_only_one_tensor_is_held_in_memory_at_a_time(fixtures, tmp_path, monkeypatch):
+    import tracemalloc
+
+    import gguflite.convert.llava as llava
+
+    real = llava._tensor_bytes
+    sizes, held = [], []
+
+    def measured(p):
+        held.append(tracemalloc.get_traced_memory()[0])
+        out = real(p)
+        sizes.append(np.asarray(out).nbytes)
+        return out
+
+    monkeypatch.setattr(llava, "_tensor_bytes", measured)
+    tracemalloc.start()
+    try:
+        convert_llava(fixtures["llava-1.6-vicuna"].model_dir, outdir=tmp_path, outtype="f32", progress=False)
+    finally:
+        tracemalloc.stop()
+    total, largest = sum(sizes), max(sizes)
+    assert total > 4 * largest  # else the check below would prove nothing
+    growth = max(held) - held[0]
+    assert growth < 2 * largest, (growth, largest, total)
 
 
 def test_outputs_are_never_written_into_the_source_folder(fixtures, tmp_path):

@@ -58,6 +58,7 @@ ARCHITECTURES = {
 MODEL_TYPES = {"llava": "LlavaLlamaForCausalLM", "llava_llama": "LlavaLlamaForCausalLM",
                "llava_mistral": "LlavaMistralForCausalLM", "mobilevlm": "MobileLlamaForCausalLM",
                "llava_next": "LlavaNextForConditionalGeneration"}
+_CLIP_VISION_TOP = ("embeddings", "encoder", "pre_layrnorm", "post_layernorm")
 PROJECTOR_TYPES = {"mlp2x_gelu": "mlp", "ldpnet": "ldp", "ldpnetv2": "ldpv2"}
 
 
@@ -127,7 +128,10 @@ class Layout:
             if part == "newline" and name == prefix:
                 return part, ""
             if part != "newline" and name.startswith(prefix):
-                return part, repl + name[len(prefix):]
+                local = repl + name[len(prefix):]
+                if part == "vision" and local.split(".")[0] in _CLIP_VISION_TOP:
+                    local = "vision_model." + local  # saved by transformers >= 5: no vision_model level
+                return part, local
         if self.kind in ("llava", "mobilevlm"):
             return "llm", name
         raise names.UnknownTensorName(f"tensor name not expected in a {self.architecture} checkpoint", tensor=name)

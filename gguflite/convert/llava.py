@@ -45,7 +45,7 @@ import numpy as np
 from .. import names
 from ..errors import CheckpointError, GGUFError
 from ..types import GGMLType, TYPE_TRAITS, ValueType
-from .checkpoint import Checkpoint, as_float32
+from .checkpoint import Checkpoint, as_float32, read_json
 from .layouts import Layout, detect, vision_params
 from .tokenizer import tokenizer_metadata
 
@@ -129,14 +129,16 @@ def _split(layout: Layout, ckpt: Checkpoint) -> dict[str, dict]:
 def _tower(layout: Layout, parts, vision_tower, model_dir, opened):
     """Find the vision tower: inside the checkpoint or in a separate CLIP folder."""
     hint = layout.tower_hint
-    local_hint = hint if hint and os.path.isdir(os.path.join(model_dir, hint) if not os.path.isabs(hint) else hint) else None
-    if local_hint and not os.path.isabs(local_hint):
-        local_hint = os.path.join(model_dir, local_hint)
-    tower_dir = os.path.abspath(os.fspath(vision_tower)) if vision_tower is not None else local_hint
-    if parts["vision"]:
+    # mm_vision_tower is usually a hub name; a local folder (absolute, or relative to the
+    # checkpoint) is used when nothing was passed
+    hint_dir = os.path.join(model_dir, hint) if hint else None  # join keeps an absolute hint
+    if vision_tower is not None:
+        tower_dir = os.path.abspath(os.fspath(vision_tower))
+    else:
+        tower_dir = hint_dir if hint_dir and os.path.isfile(os.path.join(hint_dir, "config.json")) else None
+    if parts["vision"]:  # the checkpoint carries its tower; a folder only supplies the config
         if tower_dir is None:
             return None, None
-        from .checkpoint import read_json
         return tower_dir, read_json(os.path.join(tower_dir, "config.json"))
     if layout.vision_config is not None and tower_dir is None:
         raise CheckpointError("config.json describes a vision tower but the checkpoint has no vision_tower.* tensors",
