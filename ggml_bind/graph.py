@@ -37,7 +37,7 @@ import numpy as np
 
 from . import lib as _lib
 from .backend import Scheduler
-from .errors import GGMLError, GGMLFreedError, GGMLShapeError
+from .errors import GGMLError, GGMLShapeError
 from .tensor import Context, Tensor
 
 
@@ -63,6 +63,7 @@ class Graph:
         self.sched = sched
         self.max_nodes = int(max_nodes)
         self._allocated = False
+        self._ever_allocated = False
         # inputs and views count as tensors too: room for twice as many tensors as nodes
         self.ctx = Context(n_tensors=2 * self.max_nodes, graph_size=self.max_nodes)
         self.ctx.graph = self
@@ -141,9 +142,22 @@ class Graph:
 
     # ---------------------------------------------------------------- running
     def alloc(self) -> None:
-        """Allocate the graph's tensors in the scheduler (done by :meth:`compute` when needed)."""
+        """Allocate the graph's tensors in the scheduler (done by :meth:`compute` when needed).
+
+        ggml's allocator leaves a tensor that already has a data pointer where it is, so
+        before allocating a graph again (after another graph used, and maybe regrew, the
+        compute buffers) the placement of every tensor of its own context is cleared;
+        weights and caches live in other contexts, and views of them are re-initialised
+        from their sources by the allocator.
+        """
+        if self._ever_allocated:
+            null = _lib.ffi().NULL
+            for t in self.ctx.tensors():
+                p = t.ptr
+                p.data = null
+                p.buffer = null
         self.sched.alloc(self)
-        self._allocated = True
+        self._allocated = self._ever_allocated = True
 
     def set_inputs(self, inputs: dict) -> None:
         """Copy numpy arrays into the named inputs (all of them, exact shapes)."""
@@ -201,4 +215,4 @@ def _named_outputs(outs) -> dict[str, Tensor]:
     return dict(outs)
 
 
-__all__ = ["Graph", "GGMLFreedError"]
+__all__ = ["Graph"]

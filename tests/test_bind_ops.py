@@ -504,3 +504,33 @@ def test_add_broadcasts_any_size_one_pattern_like_numpy(sched, data):
     a = rng.standard_normal(shape).astype(np.float32)
     b = rng.standard_normal(b_shape).astype(np.float32)
     np.testing.assert_array_equal(run(sched, lambda ctx, a, b: ops.add(ctx, a, b), a=a, b=b), a + b)
+
+
+def test_a_graph_allocated_again_after_the_buffers_regrew_uses_the_new_buffers():
+    """ggml's allocator keeps tensors that already have data where they are: a graph computed
+    again after a bigger one regrew the compute buffers must not keep dangling pointers
+    (this crashed before Graph.alloc cleared the placement of its tensors)."""
+    sched = Scheduler([Backend("cpu", n_threads=1)], graph_size=16)
+
+    def build_for(n):
+        def build(ctx):
+            x = ctx.input("x", "f32", (n,))
+            return {"y": ops.scale(ctx, ops.add(ctx, x, x), 3.0)}
+
+        return build
+
+    small = Graph(sched, build_for(16), max_nodes=8)
+    big = Graph(sched, build_for(1 << 20), max_nodes=8, reserve=False)  # grows the buffers
+    x = np.arange(16, dtype=np.float32)
+    for _ in range(2):
+        np.testing.assert_array_equal(small.compute({"x": x})["y"], 6 * x)
+        big.compute({"x": np.ones(1 << 20, np.float32)})
+    np.testing.assert_array_equal(small.compute({"x": x})["y"], 6 * x)
+    C, ffi = lib.C(), lib.ffi()
+    out = small.outputs["y"].ptr
+    base = int(ffi.cast("uintptr_t", C.ggml_backend_buffer_get_base(out.buffer)))
+    size = int(C.ggml_backend_buffer_get_size(out.buffer))
+    assert size >= 4 << 20  # the regrown buffer
+    assert base <= int(ffi.cast("uintptr_t", out.data)) < base + size
+    small.free()
+    big.free()
