@@ -12,7 +12,8 @@ Two more guards sit outside this module because ggml only fails later:
 - index tensors passed to :func:`get_rows` / :func:`set_rows` that are graph inputs get
   their bound recorded here and their values checked by ``Graph.compute``.
 
-Op list: add, mul, scale, norm, rms_norm, gelu, gelu_erf, gelu_quick, silu, swiglu_split,
+Op list: add, mul, scale, norm, rms_norm, gelu, gelu_erf, gelu_quick, silu, relu, tanh,
+sigmoid, hardswish, hardsigmoid, swiglu_split,
 mul_mat, soft_max_ext, rope_ext, flash_attn_ext, conv_2d, get_rows, set_rows, concat,
 reshape, view, permute, transpose, cont, cast, cpy.
 """
@@ -136,6 +137,28 @@ def gelu_quick(ctx: Context, a: Tensor) -> Tensor:
 
 def silu(ctx: Context, a: Tensor) -> Tensor:
     return _unary("silu", ctx, a)
+
+
+def relu(ctx: Context, a: Tensor) -> Tensor:
+    return _unary("relu", ctx, a)
+
+
+def tanh(ctx: Context, a: Tensor) -> Tensor:
+    return _unary("tanh", ctx, a)
+
+
+def sigmoid(ctx: Context, a: Tensor) -> Tensor:
+    return _unary("sigmoid", ctx, a)
+
+
+def hardswish(ctx: Context, a: Tensor) -> Tensor:
+    """x * relu6(x + 3) / 6 (MobileVLM's LDP projector)."""
+    return _unary("hardswish", ctx, a)
+
+
+def hardsigmoid(ctx: Context, a: Tensor) -> Tensor:
+    """relu6(x + 3) / 6."""
+    return _unary("hardsigmoid", ctx, a)
 
 
 def swiglu_split(ctx: Context, a: Tensor, b: Tensor) -> Tensor:

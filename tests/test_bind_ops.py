@@ -81,8 +81,13 @@ def test_rms_norm_matches_the_formula(sched):
         (ops.gelu_erf, lambda t: torch.nn.functional.gelu(t), 1e-5),
         (ops.gelu_quick, lambda t: t * torch.sigmoid(1.702 * t), 5e-3),  # F16 table too
         (ops.silu, torch.nn.functional.silu, 1e-5),
+        (ops.relu, torch.relu, 0),
+        (ops.tanh, torch.tanh, 1e-6),
+        (ops.sigmoid, torch.sigmoid, 1e-6),
+        (ops.hardswish, torch.nn.functional.hardswish, 1e-6),
+        (ops.hardsigmoid, torch.nn.functional.hardsigmoid, 1e-6),
     ],
-    ids=["gelu", "gelu_erf", "gelu_quick", "silu"],
+    ids=["gelu", "gelu_erf", "gelu_quick", "silu", "relu", "tanh", "sigmoid", "hardswish", "hardsigmoid"],
 )
 def test_unary_activations_match_torch(sched, op, ref, atol):
     x = randn(3, 40) * 3
