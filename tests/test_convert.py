@@ -336,7 +336,6 @@ def test_libmtmd_loads_the_mmproj_and_encodes_an_image(converted, layout):
 # --------------------------------------------------------------------------- other outtypes
 
 
-@pytest.mark.slow
 def test_f16_and_bf16_outputs_round_as_torch_does_and_llama_cpp_runs_them(fixtures, tmp_path):
     fx = fixtures["llava-1.6-mistral"]
     src = fx.llm_state_dict()
@@ -354,9 +353,11 @@ def test_f16_and_bf16_outputs_round_as_torch_does_and_llama_cpp_runs_them(fixtur
         assert _value(_fields(llm)["general.file_type"]) == {"f16": 1, "bf16": 32}[outtype]
         logits = _llama_cpp_logits(llm, PROMPT)
         np.testing.assert_allclose(logits, want, atol=0.05 * np.abs(want).max(), rtol=0)
+        assert _tensors(mm)["v.blk.0.ffn_up.weight"].tensor_type == gguf.GGMLQuantizationType[outtype.upper()]
+        n, emb = _mtmd_encode(llm, mm)
+        assert n == 576 and np.isfinite(emb).all()
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("outtype", ["q8_0", "q4_0", "q4_k_m"])
 def test_quantized_outputs_dequantize_close_to_the_source_and_run_in_llama_cpp(fixtures, tmp_path, outtype):
     fx = fixtures["llava-1.5"]
