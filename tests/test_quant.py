@@ -1,0 +1,263 @@
+"""gguflite.quant against ggml itself: quantize must write the bytes ``ggml_quantize_chunk``
+writes (no importance matrix) for every quantizable type, and dequantize must give the values
+ggml's ``to_float`` gives for every type, on inputs with zeros, ties, denormals, huge values,
+inf and NaN.  The oracle is libggml through ggml_bind (skipped with a reason when absent)."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from hypothesis.extra.numpy import arrays
+
+from gguflite.quant import DEQUANTIZABLE, QUANTIZABLE, dequantize, quantize, swap_block_bytes
+from gguflite.types import TYPE_TRAITS, GGMLType as G
+from ggml_bind.errors import GGMLLoadError
+
+try:
+    from ggml_bind import lib, quant as ggml_quant
+
+    C, ffi = lib.C(), lib.ffi()
+except GGMLLoadError as e:  # pragma: no cover - depends on the environment
+    pytest.skip(f"libggml is not available: {e}", allow_module_level=True)
+
+K_QUANTS = {G.Q2_K, G.Q3_K, G.Q4_K, G.Q5_K, G.Q6_K}
+# Plain types ggml has no row quantizer/converter for: their reference is numpy's own cast.
+PLAIN = {G.F32, G.F64, G.I8, G.I16, G.I32, G.I64}
+
+SPECIALS = [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-45, 1e-39, 3.4e38, -3.4e38, 0.5, -0.5, 65504.0, 65520.0]
+
+
+def ggml_quantize(t: G, x: np.ndarray) -> np.ndarray:
+    """ggml's bytes for ``x`` (rows, n): ``ggml_quantize_chunk``, or for Q8_1, which that
+    function has no case for, the type's ``from_float_ref`` (``quantize_row_q8_1_ref``)."""
+    if t != G.Q8_1:
+        return ggml_quant.quantize_chunk(int(t), x)
+    x = np.ascontiguousarray(x)
+    out = np.empty((x.shape[0], x.shape[1] // 32 * 36), np.uint8)
+    ref = C.ggml_get_type_traits(int(t)).from_float_ref
+    ref(ffi.cast("float *", ffi.from_buffer(x)), ffi.from_buffer(out), x.size)
+    return out
+
+
+@st.composite
+def float_rows(draw, block_size: int):
+    """(rows, n) float32: scaled normal data (optionally on a half-integer grid, for ties) or
+    arbitrary float32 bit patterns, with special values dropped in at random places."""
+    n_rows = draw(st.integers(1, 3))
+    n = block_size * draw(st.integers(1, 2))
+    if draw(st.booleans()):
+        rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+        scale = draw(st.sampled_from([1e-42, 1e-30, 1e-3, 1.0, 7.0, 1e4, 1e30, 3e38]))
+        with np.errstate(over="ignore"):  # 3e38 * a normal value may round to inf: fine
+            x = (rng.standard_normal((n_rows, n)) * scale).astype(np.float32)
+        if draw(st.booleans()):
+            x = (np.round(rng.standard_normal((n_rows, n)) * 8) / 2).astype(np.float32)  # ties
+    else:
+        x = draw(arrays(np.float32, (n_rows, n), elements=st.floats(width=32)))
+    x = np.array(x, np.float32)
+    for _ in range(draw(st.integers(0, 6))):
+        i, j = draw(st.integers(0, n_rows - 1)), draw(st.integers(0, n - 1))
+        x[i, j] = draw(st.sampled_from(SPECIALS))
+    if draw(st.booleans()):  # a whole special row (all zeros, all NaN, ...)
+        x[draw(st.integers(0, n_rows - 1))] = draw(st.sampled_from(SPECIALS))
+    return x
+
+
+def assert_same_floats(got: np.ndarray, want: np.ndarray):
+    """Equal bit for bit, except that NaNs only need to be NaN in the same places."""
+    assert got.shape == want.shape and got.dtype == want.dtype == np.float32
+    nan = np.isnan(want)
+    assert np.array_equal(np.isnan(got), nan), "NaN positions differ"
+    bad = np.nonzero(got.view(np.uint32)[~nan] != want.view(np.uint32)[~nan])[0]
+    assert bad.size == 0, f"{bad.size} values differ, first: got {got[~nan][bad[:4]]} want {want[~nan][bad[:4]]}"
+
+
+# --------------------------------------------------------------------------- quantize
+
+
+QUANT_CASES = sorted(t for t in QUANTIZABLE if t not in PLAIN)
+
+
+@pytest.mark.parametrize("t", [t for t in QUANT_CASES if t not in K_QUANTS], ids=lambda t: t.name)
+@given(data=st.data())
+def test_quantize_writes_the_bytes_ggml_writes(t, data):
+    x = data.draw(float_rows(TYPE_TRAITS[t].block_size))
+    assert np.array_equal(quantize(x, t), ggml_quantize(t, x))
+
+
+@pytest.mark.parametrize("t", sorted(K_QUANTS), ids=lambda t: t.name)
+@given(data=st.data())
+def test_k_quants_write_the_bytes_ggml_writes(t, data):
+    x = data.draw(float_rows(256))
+    assert np.array_equal(quantize(x, t), ggml_quantize(t, x))
+
+
+@pytest.mark.parametrize("t", QUANT_CASES, ids=lambda t: t.name)
+def test_quantize_matches_ggml_on_a_larger_realistic_tensor(t):
+    rng = np.random.default_rng(int(t))
+    x = (rng.standard_normal((8, 1024)) * rng.uniform(0.01, 3, (8, 1))).astype(np.float32)
+    x[1, :300] = 0.0  # zero blocks
+    x[2, 5] = 40.0  # an outlier
+    x[3] = np.round(x[3] * 4) / 4  # ties
+    assert np.array_equal(quantize(x, t), ggml_quantize(t, x))
+
+
+@pytest.mark.parametrize("t", [G.Q8_0, G.Q4_K], ids=lambda t: t.name)
+def test_small_chunks_give_the_same_bytes_as_one_chunk(t):
+    x = np.random.default_rng(1).standard_normal((5, 512)).astype(np.float32)
+    assert np.array_equal(quantize(x, t, chunk_elements=256), quantize(x, t))
+
+
+def test_plain_float_types_convert_as_numpy_does():
+    x = np.random.default_rng(2).standard_normal((3, 7)).astype(np.float32)
+    assert np.array_equal(quantize(x, G.F32).view("<f4"), x)
+    assert np.array_equal(quantize(x, G.F64).view("<f8"), x.astype(np.float64))
+
+
+# --------------------------------------------------------------------------- dequantize
+
+
+def random_blocks(t: G, n_blocks: int, seed: int) -> np.ndarray:
+    """Random bytes, with the f16 scales of block types drawn so most are finite."""
+    tr = TYPE_TRAITS[t]
+    rng = np.random.default_rng(seed)
+    q = rng.integers(0, 256, (n_blocks, tr.type_size), dtype=np.uint8)
+    if tr.quantized and t not in (G.MXFP4, G.NVFP4):
+        # at the offsets where the f16 d lives, put a finite half most of the time
+        halves = (rng.standard_normal(n_blocks) * 0.01).astype(np.float16).view(np.uint8).reshape(-1, 2)
+        for off, size, _ in _scale_fields(t):
+            if size == 2:
+                q[:, off : off + 2] = halves
+    return q
+
+
+def _scale_fields(t: G):
+    from gguflite.quant import CODECS
+
+    return CODECS[t].swap
+
+
+@pytest.mark.parametrize("t", sorted(t for t in DEQUANTIZABLE if t not in PLAIN | {G.Q8_1, G.Q8_K}), ids=lambda t: t.name)
+@given(seed=st.integers(0, 2**32 - 1), n_blocks=st.integers(1, 6))
+@settings(max_examples=25)
+def test_dequantize_gives_the_values_ggml_gives(t, seed, n_blocks):
+    q = random_blocks(t, n_blocks, seed)
+    n = n_blocks * TYPE_TRAITS[t].block_size
+    assert_same_floats(dequantize(q, t, (n,)), ggml_quant.dequantize(int(t), q, n))
+
+
+def test_q8_1_dequantizes_like_ggml_q8_0_of_the_same_scale_and_quants():
+    # ggml has no to_float for Q8_1; its layout is Q8_0's plus the f16 sum s after d.
+    q = random_blocks(G.Q8_1, 8, 3)
+    as_q8_0 = np.concatenate([q[:, :2], q[:, 4:]], axis=1)
+    assert_same_floats(dequantize(q, G.Q8_1, (256,)), ggml_quant.dequantize(int(G.Q8_0), as_q8_0, 256))
+
+
+def _ggml_base_q8_k():
+    """ggml's exported ``quantize_row_q8_K_ref`` / ``dequantize_row_q8_K`` (Q8_K has no
+    to_float in the type traits): a two-function cffi handle on libggml-base."""
+    import cffi
+
+    base = next(lib.library_dir().glob("libggml-base.*"), None)
+    if base is None:
+        pytest.skip(f"no libggml-base next to libggml in {lib.library_dir()}")
+    f = cffi.FFI()
+    f.cdef("void quantize_row_q8_K_ref(const float * x, void * y, int64_t k);"
+           "void dequantize_row_q8_K(const void * x, float * y, int64_t k);")
+    return f, f.dlopen(str(base))
+
+
+def test_q8_k_dequantizes_as_ggml_does():
+    f, base = _ggml_base_q8_k()
+    x = np.random.default_rng(4).standard_normal(512).astype(np.float32)
+    q = np.empty(2 * 292, np.uint8)
+    base.quantize_row_q8_K_ref(f.cast("float *", f.from_buffer(x)), f.from_buffer(q), 512)
+    want = np.empty(512, np.float32)
+    base.dequantize_row_q8_K(f.from_buffer(q), f.cast("float *", f.from_buffer(want)), 512)
+    assert_same_floats(dequantize(q, G.Q8_K, (512,)), want)
+    assert np.abs(want - x).max() <= np.abs(x).max() / 127  # the blocks are real Q8_K
+
+
+@pytest.mark.parametrize("t", sorted(PLAIN - {G.F32}), ids=lambda t: t.name)
+def test_integer_and_f64_tensors_dequantize_by_value(t):
+    dt = TYPE_TRAITS[t].dtype
+    v = np.arange(-20, 20, dtype=dt)
+    assert np.array_equal(dequantize(v.view(np.uint8), t, (4, 10)), v.astype(np.float32).reshape(4, 10))
+
+
+# --------------------------------------------------------------------------- round trip
+
+
+# Largest |dequantize(quantize(x)) - x| relative to the row's largest magnitude, from each
+# type's step size: Q8_0 rounds to amax/127 steps (error <= amax/254), Q4_0's range -8..7
+# clips the top value by one step of amax/8, affine types err by (max-min)/levels/2, the
+# ternary types by amax/2, Q1_0 (sign times mean |x|) by less than amax.  K-quant bounds
+# are 1.4x the largest error seen over 100 seeds (their scales are searched, not derived).
+ERROR_BOUND = {
+    G.F16: 2**-11, G.BF16: 2**-8, G.F64: 0.0, G.Q8_0: 0.005, G.Q8_1: 0.005,
+    G.Q4_0: 0.13, G.Q4_1: 0.07, G.Q5_0: 0.065, G.Q5_1: 0.035,
+    G.Q6_K: 0.023, G.Q5_K: 0.057, G.Q4_K: 0.122, G.Q3_K: 0.25, G.Q2_K: 0.5,
+    G.MXFP4: 0.34, G.TQ1_0: 0.51, G.TQ2_0: 0.51, G.Q2_0: 0.51, G.Q1_0: 1.0,
+}
+
+
+@pytest.mark.parametrize("t", sorted(ERROR_BOUND), ids=lambda t: t.name)
+@given(seed=st.integers(0, 2**32 - 1))
+@settings(max_examples=10)
+def test_round_trip_error_is_bounded_per_type(t, seed):
+    x = np.random.default_rng(seed).standard_normal((4, 512)).astype(np.float32)
+    y = dequantize(quantize(x, t), t, x.shape)
+    err = np.abs(y - x).max(axis=1) / np.abs(x).max(axis=1)
+    assert err.max() <= ERROR_BOUND[t]
+
+
+def test_every_quantizable_type_has_an_error_bound():
+    assert QUANTIZABLE - {G.F32} <= set(ERROR_BOUND)
+
+
+# --------------------------------------------------------------------------- big endian
+
+
+@pytest.mark.parametrize("t", sorted(QUANT_CASES), ids=lambda t: t.name)
+def test_big_endian_blocks_swap_back_to_the_little_endian_bytes(t):
+    x = np.random.default_rng(5).standard_normal((2, 512)).astype(np.float32)
+    le = quantize(x, t)
+    be = quantize(x, t, endian=">")
+    assert np.array_equal(swap_block_bytes(be, t).reshape(le.shape), le)
+    assert np.array_equal(dequantize(be, t, x.shape, endian=">"), dequantize(le, t, x.shape))
+
+
+def test_swapping_a_q8_0_block_reverses_only_its_scale_bytes():
+    q = random_blocks(G.Q8_0, 3, 6)
+    s = swap_block_bytes(q, G.Q8_0).reshape(q.shape)
+    assert np.array_equal(s[:, :2], q[:, 1::-1]) and np.array_equal(s[:, 2:], q[:, 2:])
+
+
+def test_swapping_plain_types_is_numpy_byteswap():
+    v = np.random.default_rng(7).standard_normal(10).astype("<f4")
+    assert np.array_equal(swap_block_bytes(v.view(np.uint8), G.F32).view("<f4"), v.byteswap())
+
+
+def test_a_big_endian_typed_view_is_read_as_big_endian():
+    v = np.arange(6, dtype=">f4")
+    assert np.array_equal(dequantize(v, G.F32, (2, 3)), np.arange(6, dtype=np.float32).reshape(2, 3))
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_a_row_that_is_not_whole_blocks_is_refused():
+    with pytest.raises(ValueError, match="multiple of the block size 32"):
+        quantize(np.zeros((2, 40), np.float32), G.Q8_0)
+
+
+def test_types_without_a_quantizer_are_refused_with_the_supported_list():
+    with pytest.raises(ValueError, match="cannot quantize to IQ2_XXS; supported: .*Q4_K"):
+        quantize(np.zeros(256, np.float32), G.IQ2_XXS)
+
+
+def test_data_of_the_wrong_size_is_refused():
+    with pytest.raises(ValueError, match="needs 68 bytes, got 67"):
+        dequantize(np.zeros(67, np.uint8), G.Q8_0, (2, 32))
+
+
+def test_quantize_keeps_leading_dimensions():
+    assert quantize(np.zeros((2, 3, 256), np.float32), G.Q4_K).shape == (2, 3, 144)
