@@ -161,21 +161,61 @@ def generate(include_dir: Path) -> str:
     return defines(include_dir) + clean(preprocess(include_dir))
 
 
+def _key(include_dir: Path, version: str) -> str:
+    return f"ggml-{version}-{headers_hash(include_dir)}-f{CDEF_FORMAT}"
+
+
+def _write_atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def load(include_dir: Path, version: str) -> str:
-    """The cdef for the headers in ``include_dir``, from the cache or freshly generated."""
-    key = f"ggml-{version}-{headers_hash(include_dir)}-f{CDEF_FORMAT}.h"
-    path = cache_dir() / key
+    """The cdef text for the headers in ``include_dir``, from the cache or freshly generated."""
+    path = cache_dir() / (_key(include_dir, version) + ".h")
     try:
         return path.read_text()
     except OSError:
         pass
     text = generate(include_dir)
     try:  # the cache is an optimisation: a read-only home must not stop us
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".h")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        _write_atomic(path, lambda tmp: Path(tmp).write_text(text))
     except OSError:
         pass
     return text
+
+
+def load_ffi(include_dir: Path, version: str):
+    """A ``cffi.FFI`` holding the declarations of the headers in ``include_dir``.
+
+    Parsing 2,000 lines of declarations with pycparser takes seconds, so the parsed form
+    is cached too, as cffi's out-of-line ABI-mode module (``FFI.emit_python_code``: plain
+    Python, nothing compiled), which imports in milliseconds.
+    """
+    import importlib.util
+
+    import cffi
+
+    name = "_ggml_cffi_" + re.sub(r"\W", "_", _key(include_dir, version))
+    path = cache_dir() / (name + ".py")
+    if not path.is_file():
+        builder = cffi.FFI()
+        builder.cdef(load(include_dir, version))
+        builder.set_source(name, None, compiler_verbose=False)
+        try:
+            _write_atomic(path, builder.emit_python_code)
+        except OSError:  # no writable cache: use the freshly parsed declarations
+            ffi = cffi.FFI()
+            ffi.cdef(load(include_dir, version))
+            return ffi
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.ffi

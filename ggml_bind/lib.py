@@ -160,9 +160,8 @@ def _load() -> Loaded:
             f"{path} is ggml {version}, ggml_bind needs exactly {GGML_VERSION}; {_INSTALL_HINT}"
         )
     include_dir = _cdef.find_include_dir(lib_dir)
-    ffi_ = cffi.FFI()
     try:
-        ffi_.cdef(_cdef.load(include_dir, version))
+        ffi_ = _cdef.load_ffi(include_dir, version)
     except (cffi.CDefError, cffi.FFIError) as e:
         raise GGMLLoadError(f"cffi cannot parse the declarations generated from {include_dir}: {e}") from e
     try:
