@@ -18,7 +18,7 @@ import gguf
 from gguflite.convert import convert_llava
 from gguflite.cli import main as cli_main
 from gguflite.errors import CheckpointError
-from tests.checkpoints import LAYOUTS, N_SP, PINPOINTS, VISION, make_checkpoint
+from tests.checkpoints import CLIP_MEAN, CLIP_STD, LAYOUTS, N_SP, PINPOINTS, VISION, make_checkpoint
 
 SEPARATE_TOWER = {"llava-1.5", "mobilevlm-v1", "mobilevlm-v2"}
 PROJECTOR = {"mobilevlm-v1": "ldp", "mobilevlm-v2": "ldpv2"}
@@ -331,6 +331,56 @@ def test_libmtmd_loads_the_mmproj_and_encodes_an_image(converted, layout):
     n, emb = _mtmd_encode(llm, mm)
     assert n == (144 if layout.startswith("mobilevlm") else 576)
     assert np.isfinite(emb).all() and np.abs(emb).max() > 0
+
+
+def _transformers_image_features(fx, image, cls_first: bool):
+    """LLaVA's image features from transformers' CLIPVisionModel with the checkpoint's own
+    tower weights: hidden_states[-2] without the CLS row, then the mlp projector.
+    ``cls_first=False`` reproduces llama.cpp 0.3.36's order (CLS concatenated after the
+    patches, positions 0..576 in that order, rows 1..576 kept; llava-to-gguf.md section 4)."""
+    import transformers
+
+    vis, proj = {}, {}
+    for k, v in _source_tensors(fx).items():
+        if "vision_model." in k and not k.startswith("tower:text"):
+            vis[k.split("vision_model.", 1)[1]] = v.float()
+        elif "projector." in k:
+            proj[k.split("projector.", 1)[1].replace("linear_1", "0").replace("linear_2", "2")] = v.float()
+    model = transformers.CLIPVisionModel(transformers.CLIPVisionConfig(**VISION)).eval()
+    missing, unexpected = model.load_state_dict(
+        {k: v for k, v in vis.items() if "position_ids" not in k}, strict=False)
+    assert not missing and not unexpected, (missing, unexpected)
+    x = torch.tensor(image).permute(2, 0, 1)[None].float() / 255
+    x = (x - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[:, None, None]
+    with torch.no_grad():
+        e = model.embeddings
+        patches = e.patch_embedding(x).flatten(2).transpose(1, 2)  # (1, 576, d)
+        cls = e.class_embedding[None, None]
+        h = torch.cat([cls, patches] if cls_first else [patches, cls], 1) + e.position_embedding.weight[None]
+        h = model.pre_layrnorm(h)
+        for layer in model.encoder.layers[: VISION["num_hidden_layers"] - 1]:  # select layer -2
+            h = layer(h, None)
+            h = h[0] if isinstance(h, tuple) else h
+        f = h[0, 1:]
+        return (torch.nn.functional.gelu(f @ proj["0.weight"].T + proj["0.bias"]) @ proj["2.weight"].T
+                + proj["2.bias"]).numpy()
+
+
+@pytest.mark.parametrize("layout", ["llava-1.5", "llava-1.6-vicuna", "bakllava-1", "llava-hf-1.5"])
+def test_libmtmd_image_embeddings_equal_transformers_clip_cut_at_the_selected_layer(converted, fixtures, layout):
+    llm, mm = converted[layout][:2]
+    n, emb = _mtmd_encode(llm, mm)
+    emb = emb.reshape(n, -1)
+    image = (np.arange(336 * 336 * 3) % 251).astype(np.uint8).reshape(336, 336, 3)  # as _mtmd_encode sends
+    scale = None
+    for cls_first in (True, False):  # LLaVA's order, or llama.cpp 0.3.36's (bug #25814)
+        want = _transformers_image_features(fixtures[layout], image, cls_first)
+        scale = np.abs(want).max()
+        if np.abs(emb - want).max() < 5e-3 * scale:
+            break
+    else:
+        pytest.fail(f"libmtmd's embeddings match neither token order (max diff {np.abs(emb - want).max()}, "
+                    f"scale {scale})")
 
 
 # --------------------------------------------------------------------------- other outtypes
