@@ -71,14 +71,17 @@ def median_of(fn: Callable[[], object], runs: int = 5, warmup: int = 1) -> Timin
 
 @dataclass
 class ChildRun:
-    """One child process: wall seconds, peak RSS in bytes (of the child and the children it
-    waited for, as the kernel reports it), exit status and the tail of its output."""
+    """One child process: wall seconds, peak RSS in bytes (``ru_maxrss``: of the child and the
+    children it waited for, file-backed mapped pages included), exit status, the tail of its
+    output, and the largest anonymous (private, not file-backed) RSS seen when sampling
+    ``/proc/PID/status`` every 20 ms (0 where there is no /proc)."""
 
     argv: list[str]
     seconds: float
     peak_rss: int
     returncode: int
     output_tail: str
+    peak_anon: int = 0
 
     def check(self) -> "ChildRun":
         if self.returncode != 0:
@@ -87,17 +90,28 @@ class ChildRun:
         return self
 
 
-# Runs the command and reports its own wall time and ru_maxrss.  A separate small process,
-# because Linux carries the *parent's* RSS high-water mark into a child across fork + exec
-# (exec_mmap records the old mm's hiwater), so wait4 from a big benchmark process would
-# report the benchmark's own size for a small child.
+# Runs the command and reports its own wall time, ru_maxrss and the largest RssAnon seen
+# (sampled every 20 ms from /proc).  A separate small process, because Linux carries the
+# *parent's* RSS high-water mark into a child across fork + exec (exec_mmap records the old
+# mm's hiwater), so wait4 from a big benchmark process would report the benchmark's own size.
 _MEASURE = (
     "import os, subprocess, sys, time\n"
     "t0 = time.perf_counter()\n"
     "p = subprocess.Popen(sys.argv[2:])\n"
-    "_, st, ru = os.wait4(p.pid, 0)\n"
+    "anon = 0\n"
+    "while True:\n"
+    "    pid, st, ru = os.wait4(p.pid, os.WNOHANG)\n"
+    "    if pid:\n"
+    "        break\n"
+    "    try:\n"
+    "        for line in open(f'/proc/{p.pid}/status'):\n"
+    "            if line.startswith('RssAnon:'):\n"
+    "                anon = max(anon, int(line.split()[1]))\n"
+    "    except OSError:\n"
+    "        pass\n"
+    "    time.sleep(0.02)\n"
     "dt = time.perf_counter() - t0\n"
-    "open(sys.argv[1], 'w').write(f'{dt!r} {ru.ru_maxrss}')\n"
+    "open(sys.argv[1], 'w').write(f'{dt!r} {ru.ru_maxrss} {anon}')\n"
     "code = os.waitstatus_to_exitcode(st)\n"
     "sys.exit(code if code >= 0 else 128 - code)\n"
 )
@@ -117,9 +131,9 @@ def run_child(argv: Sequence[str], *, cwd: str | None = None, env: dict | None =
         log.seek(0)
         text = log.read().decode("utf-8", "replace")
         measured = res.read().split()
-    if len(measured) != 2:
+    if len(measured) != 3:
         raise RuntimeError(f"the measuring launcher failed (status {rc}): {shlex.join(argv)}\n{text[-tail:]}")
-    return ChildRun(argv, float(measured[0]), int(measured[1]) * 1024, rc, text[-tail:])
+    return ChildRun(argv, float(measured[0]), int(measured[1]) * 1024, rc, text[-tail:], int(measured[2]) * 1024)
 
 
 # --------------------------------------------------------------------------- machine
