@@ -539,3 +539,33 @@ def test_a_graph_allocated_again_after_the_buffers_regrew_uses_the_new_buffers()
     assert base <= int(ffi.cast("uintptr_t", out.data)) < base + size
     small.free()
     big.free()
+
+
+def test_weights_from_a_big_endian_file_are_swapped_and_blocks_refused(tmp_path, backend):
+    gguf = pytest.importorskip("gguf")
+    from ggml_bind.errors import GGMLTypeError
+
+    w32, w16 = randn(2, 3), randn(4).astype(np.float16)
+    path = tmp_path / "be.gguf"
+    writer = gguf.GGUFWriter(str(path), "test", endianess=gguf.GGUFEndian.BIG)
+    writer.add_tensor("w32", w32.copy())  # gguf-py byte-swaps (in place) when writing
+    writer.add_tensor("w16", w16.copy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+    import gguflite  # gguf-py cannot write big-endian blocks; gguflite's writer can
+
+    with gguflite.open(path) as f:
+        assert f.endian == ">"
+    W = load_weights(path, backend)
+    np.testing.assert_array_equal(W["w32"].get(), w32)
+    np.testing.assert_array_equal(W["w16"].get(), w16)
+    W.free()
+
+    qpath = tmp_path / "be_q.gguf"
+    with gguflite.GGUFWriter(qpath, endian=">") as w:
+        w.add_tensor("q", (1, 32), int(T.Q8_0), quant.quantize_chunk(int(T.Q8_0), randn(1, 32)))
+    with pytest.raises(GGMLTypeError, match="big-endian"):
+        load_weights(qpath, backend)
