@@ -358,3 +358,59 @@ def test_a_graph_keeps_its_weights_alive_and_refuses_to_run_on_freed_ones(be, sc
     with pytest.raises(GGMLFreedError):
         g.compute({"x": np.ones(4, np.float32)})
     g.free()
+
+
+# --------------------------------------------------------------------------- random calls
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+small_shapes = st.lists(st.integers(1, 3), min_size=1, max_size=4).map(tuple)
+
+
+def pad4(shape):
+    return (1,) * (4 - len(shape)) + tuple(shape)
+
+
+def compute(sched, fn, **arrays):
+    def build(ctx):
+        return {"out": fn(ctx, **{n: ctx.input(n, "f32", a.shape) for n, a in arrays.items()})}
+
+    g = Graph(sched, build, max_nodes=8)
+    try:
+        return g.compute(arrays)["out"]
+    finally:
+        g.free()
+
+
+@settings(max_examples=40)
+@given(small_shapes, small_shapes)
+def test_add_on_random_shapes_either_computes_numpy_tiling_or_raises(sched, sa, sb):
+    a = np.random.default_rng(0).standard_normal(sa).astype(np.float32)
+    b = np.random.default_rng(1).standard_normal(sb).astype(np.float32)
+    a4, b4 = pad4(sa), pad4(sb)
+    if all(x % y == 0 for x, y in zip(a4, b4)):
+        want = (a.reshape(a4) + np.tile(b.reshape(b4), [x // y for x, y in zip(a4, b4)]))
+        got = compute(sched, lambda ctx, a, b: ops.add(ctx, a, b), a=a, b=b)
+        np.testing.assert_allclose(got.reshape(a4), want, rtol=1e-6)
+    else:
+        with pytest.raises(GGMLShapeError):
+            compute(sched, lambda ctx, a, b: ops.add(ctx, a, b), a=a, b=b)
+
+
+@settings(max_examples=40)
+@given(small_shapes.filter(lambda s: len(s) >= 2), small_shapes.filter(lambda s: len(s) >= 2))
+def test_mul_mat_on_random_shapes_either_computes_batched_products_or_raises(sched, sa, sb):
+    a = np.random.default_rng(2).standard_normal(sa).astype(np.float32)
+    b = np.random.default_rng(3).standard_normal(sb).astype(np.float32)
+    (a3, a2, m, k), (b3, b2, n, k2) = pad4(sa), pad4(sb)
+    if k == k2 and b2 % a2 == 0 and b3 % a3 == 0:
+        A, B = a.reshape(a3, a2, m, k), b.reshape(b3, b2, n, k)
+        want = np.empty((b3, b2, n, m), np.float64)
+        for i3 in range(b3):
+            for i2 in range(b2):
+                want[i3, i2] = B[i3, i2] @ A[i3 // (b3 // a3), i2 // (b2 // a2)].T
+        got = compute(sched, lambda ctx, a, b: ops.mul_mat(ctx, a, b), a=a, b=b)
+        np.testing.assert_allclose(got.reshape(want.shape), want, atol=1e-5)
+    else:
+        with pytest.raises(GGMLShapeError):
+            compute(sched, lambda ctx, a, b: ops.mul_mat(ctx, a, b), a=a, b=b)
