@@ -78,6 +78,9 @@ class Graph:
         self.inputs = {
             t.name: t for t in self.ctx.tensors() if t.ptr.flags & C.GGML_TENSOR_FLAG_INPUT
         }
+        unused = [n for n, t in self.inputs.items() if int(ffi.cast("uintptr_t", t.ptr)) not in self._seen]
+        if unused:
+            raise GGMLError(f"inputs {unused} are not used by any output (they would get no memory)")
         self._index_bounds = {
             name: self.ctx.index_bounds[int(ffi.cast("uintptr_t", t.ptr))]
             for name, t in self.inputs.items()

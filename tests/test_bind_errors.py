@@ -288,6 +288,15 @@ def test_a_graph_larger_than_max_nodes_is_refused(sched):
         Graph(sched, lambda ctx: None, max_nodes=8)
 
 
+def test_an_input_no_output_uses_is_refused_at_build(sched):
+    def build(ctx):
+        ctx.input("unused", "f32", (2,))
+        return ops.scale(ctx, ctx.input("x", "f32", (2,)), 2.0)
+
+    with pytest.raises(GGMLError, match="unused"):
+        Graph(sched, build, max_nodes=8)
+
+
 # --------------------------------------------------------------------------- devices
 
 
