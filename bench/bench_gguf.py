@@ -185,16 +185,18 @@ def bench_write(tmp: str, size: int, runs: int, root: str, cmd: str) -> list[rep
     src = os.path.join(tmp, "src.gguf")
     _child(["write", "arrays", "-", src, str(size)], root)  # the source for cp and the rewrite
     times: dict[str, list[float]] = {"arrays": [], "rewrite": [], "cp": []}
-    for _ in range(runs):
-        for kind in ("arrays", "rewrite"):
+    order = list(times)
+    for r in range(runs):
+        for kind in order[r % 3:] + order[: r % 3]:  # rotate, so that no side always goes first
+            report.run_child(["sync"]).check()  # start each measurement with no dirty pages
             out = os.path.join(tmp, f"{kind}.gguf")
-            times[kind].append(_child(["write", kind, src, out, str(size)], root)[0]["seconds"])
+            if kind == "cp":
+                t0 = time.perf_counter()
+                report.run_child(["sh", "-c", f"cp {shlex.quote(src)} {shlex.quote(out)} && sync {shlex.quote(out)}"]).check()
+                times[kind].append(time.perf_counter() - t0)
+            else:
+                times[kind].append(_child(["write", kind, src, out, str(size)], root)[0]["seconds"])
             os.unlink(out)
-        dst = os.path.join(tmp, "cp.gguf")
-        t0 = time.perf_counter()
-        report.run_child(["sh", "-c", f"cp {shlex.quote(src)} {shlex.quote(dst)} && sync {shlex.quote(dst)}"]).check()
-        times["cp"].append(time.perf_counter() - t0)
-        os.unlink(dst)
     tput = {k: gb / float(np.median(v)) for k, v in times.items()}
     return [
         report.Row(f"write {gb:.2f} GB of F32 tensors from numpy arrays (fsync) vs cp + sync", tput["arrays"],
