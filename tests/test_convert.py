@@ -13,6 +13,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import gguf
 from gguflite.convert import convert_llava
@@ -362,11 +363,45 @@ def _transformers_image_features(fx, image, cls_first: bool):
             h = layer(h, None)
             h = h[0] if isinstance(h, tuple) else h
         f = h[0, 1:]
-        return (torch.nn.functional.gelu(f @ proj["0.weight"].T + proj["0.bias"]) @ proj["2.weight"].T
-                + proj["2.bias"]).numpy()
+        if "0.weight" in proj:  # LLaVA mlp2x_gelu
+            return (F.gelu(f @ proj["0.weight"].T + proj["0.bias"]) @ proj["2.weight"].T + proj["2.bias"]).numpy()
+        return _mobilevlm_projector(f, proj)
 
 
-@pytest.mark.parametrize("layout", ["llava-1.5", "llava-1.6-vicuna", "bakllava-1", "llava-hf-1.5"])
+def _ln2d(x, w, b):
+    """timm LayerNormAct2d without activation: LayerNorm over channels of NCHW (eps 1e-5)."""
+    return F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), w, b, 1e-5).permute(0, 3, 1, 2)
+
+
+def _inverted_residual(x, p, stride):
+    """torchvision InvertedResidual(expand 1, 3x3, SE, hardswish) as MobileVLM configures it."""
+    c = x.shape[1]
+    y = F.hardswish(_ln2d(F.conv2d(x, p["block.0.0.weight"], stride=stride, padding=1, groups=c),
+                          p["block.0.1.weight"], p["block.0.1.bias"]))
+    s = F.relu(F.conv2d(F.adaptive_avg_pool2d(y, 1), p["block.1.fc1.weight"], p["block.1.fc1.bias"]))
+    y = y * F.hardsigmoid(F.conv2d(s, p["block.1.fc2.weight"], p["block.1.fc2.bias"]))
+    y = _ln2d(F.conv2d(y, p["block.2.0.weight"]), p["block.2.1.weight"], p["block.2.1.bias"])
+    return y + x if stride == 1 else y
+
+
+def _mobilevlm_projector(f, proj):
+    """MobileVLM's LDPNetProjector / LDPNetV2Projector (vision_projector.py) on (576, d) features."""
+    if "model.mlp.1.weight" in proj:  # v1
+        h = F.gelu(f @ proj["model.mlp.1.weight"].T + proj["model.mlp.1.bias"])
+        h = (h @ proj["model.mlp.3.weight"].T + proj["model.mlp.3.bias"]).T.reshape(1, -1, 24, 24)
+        for i, stride in ((1, 1), (2, 2)):
+            pre = f"model.mb_block.{i}."
+            h = _inverted_residual(h, {k[len(pre):]: v for k, v in proj.items() if k.startswith(pre)}, stride)
+    else:  # v2: mlp, 2x2 average pool to 12x12, positional depthwise conv with a residual
+        h = F.gelu(f @ proj["mlp.mlp.0.weight"].T + proj["mlp.mlp.0.bias"])
+        h = (h @ proj["mlp.mlp.2.weight"].T + proj["mlp.mlp.2.bias"]).T.reshape(1, -1, 24, 24)
+        h = F.adaptive_avg_pool2d(h, (12, 12))
+        h = F.conv2d(h, proj["peg.peg.0.weight"], proj["peg.peg.0.bias"], padding=1, groups=h.shape[1]) + h
+    return h.flatten(2)[0].T.numpy()
+
+
+@pytest.mark.parametrize("layout", ["llava-1.5", "llava-1.6-vicuna", "bakllava-1", "llava-hf-1.5",
+                                    "mobilevlm-v1", "mobilevlm-v2"])
 def test_libmtmd_image_embeddings_equal_transformers_clip_cut_at_the_selected_layer(converted, fixtures, layout):
     llm, mm = converted[layout][:2]
     n, emb = _mtmd_encode(llm, mm)
@@ -376,7 +411,7 @@ def test_libmtmd_image_embeddings_equal_transformers_clip_cut_at_the_selected_la
     for cls_first in (True, False):  # LLaVA's order, or llama.cpp 0.3.36's (bug #25814)
         want = _transformers_image_features(fixtures[layout], image, cls_first)
         scale = np.abs(want).max()
-        if np.abs(emb - want).max() < 5e-3 * scale:
+        if np.abs(emb - want).max() < 5e-3 * scale:  # GELU: ggml tanh vs PyTorch erf
             break
     else:
         pytest.fail(f"libmtmd's embeddings match neither token order (max diff {np.abs(emb - want).max()}, "
