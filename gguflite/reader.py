@@ -170,7 +170,7 @@ class StringArray(Sequence):
         return f"StringArray([{head}{more}], len={self._count})"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Field:
     """One metadata entry as stored.  ``value`` is in the file's representation: a Python
     scalar, a read-only numpy view in the file's byte order, a ``StringArray``, or a list
