@@ -368,8 +368,11 @@ def _pair(v, op, name):
 
 def _note_index_bound(ctx: Context, idx: Tensor, bound: int, op: str) -> None:
     """Record that the values of input ``idx`` must lie in [0, bound) (checked by Graph)."""
-    if idx.ptr.flags & _lib.C().GGML_TENSOR_FLAG_INPUT:
-        key = int(_lib.ffi().cast("uintptr_t", idx.ptr))
+    p = idx.ptr
+    if not p.flags & _lib.C().GGML_TENSOR_FLAG_INPUT and p.view_src != _lib.ffi().NULL:
+        p = p.view_src  # a view (reshape, slice) of an input: check the whole input
+    if p.flags & _lib.C().GGML_TENSOR_FLAG_INPUT:
+        key = int(_lib.ffi().cast("uintptr_t", p))
         old = idx.ctx.index_bounds.get(key)
         idx.ctx.index_bounds[key] = (min(old[0], bound) if old else bound, op)
 

@@ -249,6 +249,18 @@ def test_graph_inputs_are_checked_by_name_shape_and_index_range(sched):
     g.free()
 
 
+def test_indices_reached_through_a_view_of_an_input_are_range_checked(sched):
+    def build(ctx):
+        tab = ctx.input("table", "f32", (5, 4))
+        idx = ctx.input("idx", "i32", (2, 3))
+        return {"rows": ops.get_rows(ctx, tab, ops.reshape(ctx, idx, (6,)))}
+
+    g = Graph(sched, build, max_nodes=8)
+    with pytest.raises(GGMLShapeError, match="index input"):
+        g.compute({"table": np.zeros((5, 4), np.float32), "idx": np.array([[0, 1, 2], [3, 4, 5]], np.int32)})
+    g.free()
+
+
 def test_set_rows_indices_are_range_checked_against_the_cache(be, sched):
     kv = Context(n_tensors=2)
     cache = kv.new_tensor("f16", (4, 8), "cache")
