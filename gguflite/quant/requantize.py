@@ -27,14 +27,15 @@ base type is a quantized one):
   Q6_K → Q8_0, then F16 if still not whole blocks; a legacy base type that does not fit is
   an error (llama.cpp: "Unsupported tensor size").
 
-The counters ``i`` advance in sorted tensor-name order, as llama.cpp walks its name-keyed map
-(so with 11+ layers "blk.10" comes before "blk.2", as in llama.cpp).  Not reproduced: rules
+The counters ``i`` advance in llama.cpp's tensor order (its ``weight_name_comparer``: by the
+``blk.N.`` layer number, non-layer tensors first, then by name), whatever the file order.  Not reproduced: rules
 for architectures or sizes we cannot see here (Falcon, 70B ``attn_v``, 8-expert MoE), the
 IQ/Q2_K/Q3_K file types, importance matrices, and ``--pure`` / per-tensor overrides.  The
 output keeps the source's tensor order and byte order (llama.cpp writes sorted, little-endian).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -86,6 +87,12 @@ _SKIP_EXACT = ("position_embd.weight", "token_types.weight")
 _FALLBACK = {G.Q4_K: G.Q5_0, G.Q5_K: G.Q5_1, G.Q6_K: G.Q8_0}
 
 
+def _llama_order(name: str) -> tuple[int, str]:
+    """llama.cpp's ``weight_name_comparer``: ``sscanf(name, "blk.%d.")`` layer (-1 if none), then name."""
+    m = re.match(r"blk\.\s*([+-]?\d+)", name)
+    return (int(m.group(1)) if m else -1, name)
+
+
 def use_more_bits(i: int, n: int) -> bool:
     """llama.cpp's choice of the layers that get the extra bits of the _M mixtures."""
     return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
@@ -114,7 +121,7 @@ def plan(tensors: list[tuple[str, tuple[int, ...], int]], scheme: Scheme, *,
     ``n_layer``: the model's block count (``{arch}.block_count``); by default the number of
     ``ffn_down`` tensors.  Raises ValueError for a tensor no type can hold.
     """
-    names = sorted(t[0] for t in tensors)
+    names = sorted((t[0] for t in tensors), key=_llama_order)
     by_name = {t[0]: t for t in tensors}
     has_output = "output.weight" in by_name
     n_wv = sum(any(k in n for k in ("attn_v.weight", "attn_qkv.weight", "attn_kv_b.weight")) for n in names)
