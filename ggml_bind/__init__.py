@@ -3,6 +3,17 @@
 Importing this package loads no C code; the library is loaded on first use
 (:func:`ggml_bind.lib.load`).  Every misuse raises :class:`GGMLError` before reaching C.
 
+    import numpy as np
+    from ggml_bind import Backend, Scheduler, Graph, ops, load_weights
+
+    sched = Scheduler([Backend("cpu", n_threads=4)])        # or Backend("cuda") first
+    W = load_weights("model.gguf", sched.backends[0])      # one WEIGHTS buffer
+    def build(ctx):                                        # runs once
+        x = ctx.input("x", "f32", (8, 64))                 # numpy-order shapes
+        return {"y": ops.gelu(ctx, ops.add(ctx, ops.mul_mat(ctx, W["fc.weight"], x), W["fc.bias"]))}
+    g = Graph(sched, build, max_nodes=16)                  # checked, reserved
+    y = g.compute({"x": np.ones((8, 64), np.float32)})["y"]   # recompute with new x any time
+
 Modules, in reading order: ``errors`` (exceptions), ``lib`` (loading, checks, logging),
 ``quant`` (ggml's quantizer as an oracle), ``backend`` (devices, buffers, scheduler),
 ``tensor`` (numpy <-> ggml, the one ne <-> shape reversal), ``ops`` (validated ops),

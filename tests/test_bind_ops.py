@@ -569,3 +569,33 @@ def test_weights_from_a_big_endian_file_are_swapped_and_blocks_refused(tmp_path,
         w.add_tensor("q", (1, 32), int(T.Q8_0), quant.quantize_chunk(int(T.Q8_0), randn(1, 32)))
     with pytest.raises(GGMLTypeError, match="big-endian"):
         load_weights(qpath, backend)
+
+
+def test_the_documented_usage_runs_on_a_gguflite_file(tmp_path):
+    """The example of ggml_bind's docstring, end to end: gguflite writes the GGUF, ggml_bind
+    loads it into a WEIGHTS buffer and runs y = gelu(x @ W.T + b) twice on one graph."""
+    import gguflite
+
+    w, b = randn(16, 64), randn(16)
+    path = tmp_path / "model.gguf"
+    with gguflite.GGUFWriter(path) as wr:
+        wr.add("general.architecture", "test")
+        wr.add_tensor("fc.weight", w.shape, int(T.F32), w)
+        wr.add_tensor("fc.bias", b.shape, int(T.F32), b)
+
+    from ggml_bind import load_weights as lw
+
+    sched = Scheduler([Backend("cpu", n_threads=2)])
+    W = lw(path, sched.backends[0])
+
+    def build(ctx):
+        x = ctx.input("x", "f32", (8, 64))
+        return {"y": ops.gelu(ctx, ops.add(ctx, ops.mul_mat(ctx, W["fc.weight"], x), W["fc.bias"]))}
+
+    g = Graph(sched, build, max_nodes=16)
+    for scale_ in (1.0, -2.0):
+        x = randn(8, 64) * scale_
+        want = torch.nn.functional.gelu(torch.from_numpy(x @ w.T + b), approximate="tanh").numpy()
+        close(g.compute({"x": x})["y"], want, atol=5e-3, rtol=1e-3)
+    g.free()
+    W.free()
