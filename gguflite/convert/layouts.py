@@ -236,10 +236,12 @@ def detect(folder: str, config: dict, projector: str = "auto") -> Layout:
 
 
 def vision_params(layout: Layout, tower_config: dict | None, tower_dir: str | None,
-                  shapes: dict[str, tuple]) -> VisionParams:
+                  shapes: dict[str, tuple], model_dir: str | None = None) -> VisionParams:
     """The tower's hyperparameters from (in order) the checkpoint's own vision_config, the
     tower folder's config, or the weight shapes + OpenAI CLIP conventions.  ``shapes``:
-    local vision name → shape, used to fill and to cross-check."""
+    local vision name → shape, used to fill and to cross-check.  image_mean/std come from
+    preprocessor_config.json in the tower folder, else in ``model_dir`` (llava-hf), else
+    the OpenAI CLIP values."""
     src = None
     if layout.vision_config is not None:
         cfg, src = layout.vision_config, "vision_config in config.json"
@@ -249,11 +251,12 @@ def vision_params(layout: Layout, tower_config: dict | None, tower_dir: str | No
     else:
         cfg = None
     mean, std = CLIP_MEAN, CLIP_STD
-    if tower_dir is not None:
-        pp = os.path.join(tower_dir, "preprocessor_config.json")
-        if os.path.exists(pp):
+    for folder in (tower_dir, model_dir):
+        pp = os.path.join(folder, "preprocessor_config.json") if folder else None
+        if pp and os.path.exists(pp):
             ppc = read_json(pp)
             mean, std = ppc.get("image_mean", mean), ppc.get("image_std", std)
+            break
     layers = {int(n.split(".")[3]) for n in shapes if n.startswith("vision_model.encoder.layers.")}
     n_layer_w = max(layers) + 1 if layers else 0
     try:

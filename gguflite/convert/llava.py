@@ -99,7 +99,7 @@ def convert_llava(model_dir, *, vision_tower=None, outdir=None, outtype: str = "
         parts = _split(layout, ckpt)
         tower_dir, tower_cfg = _tower(layout, parts, vision_tower, model_dir, opened)
         layout.vision = vision_params(layout, tower_cfg, tower_dir,
-                                      {k: t.shape for k, t in parts["vision"].items()})
+                                      {k: t.shape for k, t in parts["vision"].items()}, model_dir)
         llm_plan = _plan_llm(layout, parts["llm"], outtype)
         mm_plan = _plan_mmproj(layout, parts, outtype)
         for p in (llm_path, mmproj_path):
@@ -109,6 +109,8 @@ def convert_llava(model_dir, *, vision_tower=None, outdir=None, outtype: str = "
         mm_meta = _mmproj_metadata(layout, name, outtype)
         os.makedirs(outdir, exist_ok=True)
         _write_both(outdir, [(llm_path, llm_meta, llm_plan), (mmproj_path, mm_meta, mm_plan)], progress)
+    except GGUFError as e:
+        raise e.with_path(model_dir)  # name the checkpoint when the raiser knew no file
     finally:
         for c in opened:
             c.close()
