@@ -1,0 +1,96 @@
+"""Quantize / dequantize throughput of gguflite.quant (numpy) against ggml's C reference
+quantizer (``ggml_quantize_chunk``, no importance matrix) and ``to_float``, single thread, on
+the same float32 data in the same run.
+
+    python -m bench.bench_quant [--size 64M] [--runs 3] [--k-runs 1] [--types q8_0,q4_k] [--no-doc]
+
+Data: standard normal rows of 4096 floats (``--size`` floats in all).  Both sides produce the
+same bytes (checked on every run), so the comparison is like for like.  Targets (ours/ggml):
+Q8_0 and Q4_0 quantize >= 0.5, K-quants >= 0.2, dequantize >= 0.5.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+from bench import report
+
+DEFAULT_TYPES = ["f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k", "q2_k", "q3_k"]
+K_QUANTS = {"q2_k", "q3_k", "q4_k", "q5_k", "q6_k"}
+QUANT_TARGET = {"q8_0": 0.5, "q4_0": 0.5, "q4_k": 0.2, "q5_k": 0.2, "q6_k": 0.2, "q2_k": 0.2, "q3_k": 0.2}
+DEQUANT_TARGET = 0.5
+
+
+def _parse_size(s: str) -> int:
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    return int(float(s[:-1]) * mult[s[-1].upper()]) if s[-1].upper() in mult else int(s)
+
+
+def bench_type(name: str, x: np.ndarray, runs: int, cmd: str) -> list[report.Row]:
+    from gguflite.quant import dequantize, quantize
+    from gguflite.types import parse_type
+    from ggml_bind import quant as ggml
+
+    t = parse_type(name)
+    n = x.size
+    ref = ggml.quantize_chunk(int(t), x)
+    ours = quantize(x, t)
+    if not np.array_equal(ours, ref):
+        raise AssertionError(f"{t.name}: gguflite and ggml bytes differ; the benchmark would compare unlike work")
+    tq_c = report.median_of(lambda: ggml.quantize_chunk(int(t), x), runs=runs, warmup=0)
+    tq_p = report.median_of(lambda: quantize(x, t), runs=runs, warmup=0)
+    td_c = report.median_of(lambda: ggml.dequantize(int(t), ref, n), runs=runs, warmup=1)
+    td_p = report.median_of(lambda: dequantize(ref, t, x.shape), runs=runs, warmup=1)
+    mfl = n / 1e6
+    return [
+        report.Row(f"quantize {t.name}", mfl / tq_p.median, mfl / tq_c.median, "Mfloat/s", "higher", runs, 1, cmd,
+                   target=QUANT_TARGET.get(name)),
+        report.Row(f"dequantize {t.name}", mfl / td_p.median, mfl / td_c.median, "Mfloat/s", "higher", runs, 1, cmd,
+                   target=DEQUANT_TARGET),
+    ]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.bench_quant", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", type=_parse_size, default=64 << 20, help="floats per type (default 64M)")
+    ap.add_argument("--runs", type=int, default=3, help="runs per measurement for the fast types")
+    ap.add_argument("--k-runs", type=int, default=1, help="runs per measurement for the K-quants (slow)")
+    ap.add_argument("--types", default=",".join(DEFAULT_TYPES), help="comma-separated types")
+    ap.add_argument("--no-doc", action="store_true", help="do not update docs/BENCHMARKS.md")
+    args = ap.parse_args(argv)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+    try:
+        from ggml_bind import lib
+
+        lib.load()
+    except Exception as e:  # noqa: BLE001  (report, do not crash `python -m bench`)
+        print(f"bench_quant: skipped, libggml is not available: {e}", file=sys.stderr)
+        return 0
+    cols = 4096
+    rows = max(1, args.size // cols)
+    x = np.random.default_rng(0).standard_normal((rows, cols)).astype(np.float32)
+    cmd = "python -m bench.bench_quant" + ("" if args.size == 64 << 20 else f" --size {args.size}")
+    out = []
+    for name in [s.strip().lower() for s in args.types.split(",") if s.strip()]:
+        runs = args.k_runs if name in K_QUANTS else args.runs
+        got = bench_type(name, x, runs, cmd)
+        for r in got:
+            print(f"{r.what:16s} ours {r.ours:8.1f} ggml {r.peer:8.1f} Mfloat/s  ratio {r.ours / r.peer:.2f}", flush=True)
+        out += got
+    body = (f"## Quantization\n\nMeasured {report.stamp()} with `{cmd}`: {rows * cols / 1e6:.0f}M standard normal "
+            "float32 values (rows of 4096), one thread on both sides, the same bytes produced by both (checked). "
+            "The peer is ggml's C reference code (`ggml_quantize_chunk` without importance matrix, the type's "
+            f"`to_float`), called through ggml_bind. Medians of {args.runs} runs ({args.k_runs} for K-quants); "
+            "the machine is shared with other jobs, so expect noise.\n\n" + report.table(out))
+    print(body)
+    if not args.no_doc:
+        report.update_section("quant", body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
