@@ -114,6 +114,12 @@ class Graph:
             seen.add(key)
             if p.op == C.GGML_OP_NONE:
                 leafs += 1
+                if p.data == ffi.NULL and not p.flags & C.GGML_TENSOR_FLAG_INPUT:
+                    name = ffi.string(p.name).decode("utf-8", "replace")
+                    raise GGMLError(
+                        f"tensor {name!r} has no data and is not a graph input: allocate its context "
+                        "(weights, cache) first, or create it with ctx.input"
+                    )
             else:
                 nodes += 1
             for s in p.src:

@@ -41,6 +41,11 @@ def _prep(ctx: Context, op: str, *tensors: Tensor | None, room: int = 1) -> None
         if not isinstance(t, Tensor):
             raise GGMLTypeError(f"expected a Tensor, got {type(t).__name__}", op=op)
         t.ctx.check()
+        if t.ctx is not ctx and t.ctx.graph is not None:
+            raise GGMLError(
+                f"tensor {t.name!r} belongs to another graph; graphs share weights and caches, "
+                "not intermediate results", op=op
+            )
         ctx.depend_on(t.ctx)  # the result reads t: keep t's context (and buffer) alive
     ctx.ensure_room(room, op)
 

@@ -300,6 +300,24 @@ def test_a_graph_larger_than_max_nodes_is_refused(sched):
         Graph(sched, lambda ctx: None, max_nodes=8)
 
 
+def test_a_graph_over_unallocated_weights_is_refused_at_build(sched):
+    w_ctx = Context(n_tensors=1)
+    w = t(w_ctx, (4,), name="w")  # never allocated: would silently read garbage
+
+    with pytest.raises(GGMLError, match="no data"):
+        Graph(sched, lambda ctx: ops.mul(ctx, ctx.input("x", "f32", (4,)), w), max_nodes=4)
+    with pytest.raises(GGMLError, match="no data"):
+        Graph(sched, lambda ctx: ops.scale(ctx, ctx.new_tensor("f32", (4,), "plain"), 1.0), max_nodes=4)
+    w_ctx.free()
+
+
+def test_intermediate_results_of_another_graph_are_refused(sched):
+    g1 = Graph(sched, lambda ctx: ops.scale(ctx, ctx.input("x", "f32", (4,)), 2.0), max_nodes=4)
+    with pytest.raises(GGMLError, match="another graph"):
+        Graph(sched, lambda ctx: ops.scale(ctx, next(iter(g1.outputs.values())), 2.0), max_nodes=4)
+    g1.free()
+
+
 def test_an_input_no_output_uses_is_refused_at_build(sched):
     def build(ctx):
         ctx.input("unused", "f32", (2,))
