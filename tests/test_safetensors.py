@@ -131,3 +131,65 @@ def test_every_truncation_and_header_bit_flip_fails_cleanly(tmp_path):
                     t.load()
         except CheckpointError:
             pass
+
+
+# --------------------------------------------------------------------------- sharded folders
+
+
+def _sharded(folder, shards: dict, weight_map=None):
+    """Write {file: {name: tensor}} and the index that maps every name to its file."""
+    folder.mkdir(exist_ok=True)
+    for fn, sd in shards.items():
+        torch_save_file(sd, str(folder / fn))
+    wm = weight_map if weight_map is not None else {n: fn for fn, sd in shards.items() for n in sd}
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": wm}))
+    (folder / "config.json").write_text("{}")
+    return folder
+
+
+def test_a_sharded_folder_reads_as_one_set_of_tensors(tmp_path):
+    from gguflite.convert.checkpoint import Checkpoint
+
+    a, b = torch.randn(2, 3), torch.randn(4)
+    folder = _sharded(tmp_path / "m", {"model-00001-of-00002.safetensors": {"a": a},
+                                       "model-00002-of-00002.safetensors": {"b": b}})
+    with Checkpoint(folder) as c:
+        assert set(c.tensors) == {"a", "b"}
+        np.testing.assert_array_equal(c.tensors["b"].load(), b.numpy())
+        assert len(c.files) == 2
+
+
+@pytest.mark.parametrize("weight_map, words", [
+    ({"a": "../outside.safetensors"}, "plain file name"),
+    ({"a": "model-00001-of-00002.safetensors", "zz": "model-00001-of-00002.safetensors"}, "lacks"),
+    ({"a": "model-00003-of-00002.safetensors"}, "is missing"),
+    ({}, "weight_map"),
+])
+def test_an_index_that_does_not_match_its_shards_is_refused(tmp_path, weight_map, words):
+    from gguflite.convert.checkpoint import Checkpoint
+
+    folder = _sharded(tmp_path / "m", {"model-00001-of-00002.safetensors": {"a": torch.ones(1)}}, weight_map)
+    with pytest.raises(CheckpointError, match=words):
+        Checkpoint(folder)
+
+
+def test_a_tensor_in_two_shards_is_refused(tmp_path):
+    from gguflite.convert.checkpoint import Checkpoint
+
+    folder = _sharded(tmp_path / "m", {"s1.safetensors": {"a": torch.ones(1)}, "s2.safetensors": {"a": torch.ones(1)}},
+                      {"a": "s1.safetensors", "b": "s2.safetensors"})
+    with pytest.raises(CheckpointError, match="two shards|lacks"):
+        Checkpoint(folder)
+
+
+def test_a_folder_without_weights_or_config_is_refused(tmp_path):
+    from gguflite.convert.checkpoint import Checkpoint
+
+    with pytest.raises(CheckpointError, match="config.json"):
+        Checkpoint(tmp_path)
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="no weights"):
+        Checkpoint(tmp_path)
+    (tmp_path / "config.json").write_text("[1]")
+    with pytest.raises(CheckpointError, match="JSON object"):
+        Checkpoint(tmp_path)
