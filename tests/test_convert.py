@@ -720,3 +720,61 @@ def test_the_command_reports_errors_without_a_traceback(fixtures, tmp_path, caps
     assert rc == 2
     assert "error:" in err and "mlp projector" in err and "Traceback" not in err
     assert os.listdir(tmp_path) == []
+
+
+# --------------------------------------------------------------------------- tokenizer and config corner cases
+
+
+@pytest.mark.parametrize("added, words", [
+    ({"<image>": 999}, "outside the 384-row embedding"),
+    ({"<image>": 5}, "reuses id 5"),
+    ({"<image>": N_SP, "<img>": N_SP}, "given to both"),
+])
+def test_added_tokens_that_do_not_fit_the_embedding_are_refused(fixtures, tmp_path, added, words):
+    src = _copy(fixtures["llava-hf-1.5"], tmp_path)
+    (src / "added_tokens.json").write_text(json.dumps(added))
+    _refused(src, tmp_path, words)
+
+
+def test_a_missing_tokenizer_model_is_named(fixtures, tmp_path):
+    src = _copy(fixtures["llava-hf-1.5"], tmp_path)
+    os.unlink(src / "tokenizer.model")
+    _refused(src, tmp_path, "tokenizer.model")
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("mm_projector_type", "linear", "unsupported projector 'linear'"),
+    ("mm_vision_select_layer", -5, "outside a 3-layer tower"),
+    ("mm_vision_select_feature", "cls_patch", "select feature"),
+])
+def test_configs_llama_cpp_cannot_run_are_refused(fixtures, tmp_path, key, value, words):
+    src = _copy(fixtures["llava-1.6-vicuna"], tmp_path)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg[key] = value
+    (src / "config.json").write_text(json.dumps(cfg))
+    _refused(src, tmp_path, words)
+
+
+def test_bf16_checkpoints_convert_exactly(fixtures, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    src = _copy(fixtures["llava-hf-1.5"], tmp_path)
+    for shard in sorted(src.glob("*.safetensors")):
+        save_file({k: v.bfloat16() for k, v in load_file(shard).items()}, shard, metadata={"format": "pt"})
+    ref = load_file(src / "model-00001-of-00003.safetensors")
+    llm, mm = convert_llava(src, outdir=tmp_path / "out", outtype="f32", progress=False)
+    got = {**_tensors(llm), **_tensors(mm)}
+    checked = 0
+    for name, v in ref.items():
+        gname = {"language_model.model.embed_tokens.weight": "token_embd.weight",
+                 "vision_tower.vision_model.embeddings.patch_embedding.weight": "v.patch_embd.weight",
+                 "vision_tower.vision_model.embeddings.position_embedding.weight": "v.position_embd.weight",
+                 "language_model.model.norm.weight": "output_norm.weight"}.get(name)
+        if gname:
+            want = v.float().numpy()
+            if gname == "v.patch_embd.weight":  # conv kernels are F16: torch's bf16 -> f16 rounding
+                want = v.half().float().numpy()
+            np.testing.assert_array_equal(np.asarray(got[gname].data, np.float32).reshape(want.shape), want)
+            checked += 1
+    assert checked == 4
+    assert np.isfinite(_llama_cpp_logits(llm, PROMPT)).all()
