@@ -114,7 +114,10 @@ def dequantize(data, ggml_type, shape, *, endian: str | None = None,
     step = _chunk_blocks(tr.block_size, chunk_elements)
     with np.errstate(all="ignore"):  # NaN/inf scales in the data give NaN/inf, as in C
         for i in range(0, n_blocks, step):
-            out[i : i + step] = codec.dequantize(blocks[i : i + step])
+            if codec.dequantize_into is not None:
+                codec.dequantize_into(blocks[i : i + step], out[i : i + step])
+            else:
+                out[i : i + step] = codec.dequantize(blocks[i : i + step])
     return out.reshape(shape)
 
 

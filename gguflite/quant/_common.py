@@ -31,12 +31,25 @@ class Codec:
     ``quantize(x: float32 (n_blocks, block_size)) -> uint8 (n_blocks, type_size)`` or None;
     ``dequantize(q: uint8 (n_blocks, type_size)) -> float32 (n_blocks, block_size)``;
     ``swap``: the multi-byte fields inside a block as ``(byte offset, item size, count)``,
-    byte-swapped for big-endian files.
+    byte-swapped for big-endian files;
+    ``dequantize_into(q, out)``: optional faster form writing into ``out`` (n_blocks, block_size).
     """
 
     quantize: Callable[[np.ndarray], np.ndarray] | None
     dequantize: Callable[[np.ndarray], np.ndarray]
     swap: tuple[tuple[int, int, int], ...] = ()
+    dequantize_into: Callable[[np.ndarray, np.ndarray], None] | None = None
+
+
+def into_codec(quantize, dequantize_into, swap, block_size: int) -> Codec:
+    """A Codec whose allocating ``dequantize`` is ``dequantize_into`` on a fresh array."""
+
+    def dequantize(q: np.ndarray) -> np.ndarray:
+        out = np.empty((q.shape[0], block_size), F32)
+        dequantize_into(q, out)
+        return out
+
+    return Codec(quantize, dequantize, swap, dequantize_into)
 
 
 # --------------------------------------------------------------------------- fp16 / bf16

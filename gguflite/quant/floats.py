@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..types import GGMLType
-from ._common import F32, Codec, f16_bits_to_f32, f32_to_f16_bits
+from ._common import F32, Codec, f32_to_f16_bits, into_codec
 
 
 def _as_bytes(a: np.ndarray, itemsize: int) -> np.ndarray:
@@ -22,8 +22,8 @@ def quantize_f16(x: np.ndarray) -> np.ndarray:
     return _as_bytes(f32_to_f16_bits(x[:, 0]).astype("<u2"), 2)
 
 
-def dequantize_f16(q: np.ndarray) -> np.ndarray:
-    return f16_bits_to_f32(np.ascontiguousarray(q).view("<u2"))
+def dequantize_f16_into(q: np.ndarray, out: np.ndarray) -> None:
+    np.copyto(out[:, 0], np.ascontiguousarray(q).view("<f2")[:, 0])
 
 
 def quantize_bf16(x: np.ndarray) -> np.ndarray:
@@ -36,9 +36,10 @@ def quantize_bf16(x: np.ndarray) -> np.ndarray:
     return _as_bytes(r, 2)
 
 
-def dequantize_bf16(q: np.ndarray) -> np.ndarray:
-    u = np.ascontiguousarray(q).view("<u2").astype(np.uint32) << 16
-    return u.view(F32)
+def dequantize_bf16_into(q: np.ndarray, out: np.ndarray) -> None:
+    u = out.view(np.uint32)
+    np.copyto(u[:, 0], np.ascontiguousarray(q).view("<u2")[:, 0])
+    u <<= 16
 
 
 def _plain(dtype: str, quantizable: bool) -> Codec:
@@ -58,8 +59,8 @@ def _plain(dtype: str, quantizable: bool) -> Codec:
 
 CODECS: dict[int, Codec] = {
     GGMLType.F32: _plain("<f4", True),
-    GGMLType.F16: Codec(quantize_f16, dequantize_f16, ((0, 2, 1),)),
-    GGMLType.BF16: Codec(quantize_bf16, dequantize_bf16, ((0, 2, 1),)),
+    GGMLType.F16: into_codec(quantize_f16, dequantize_f16_into, ((0, 2, 1),), 1),
+    GGMLType.BF16: into_codec(quantize_bf16, dequantize_bf16_into, ((0, 2, 1),), 1),
     GGMLType.F64: _plain("<f8", True),
     GGMLType.I8: _plain("<i1", False),
     GGMLType.I16: _plain("<i2", False),

@@ -25,6 +25,7 @@ from ._common import (
     F32,
     Codec,
     first_abs_max,
+    into_codec,
     f16_bits_to_f32,
     f32_to_f16_bits,
     le_f16,
@@ -283,14 +284,19 @@ def quantize_q4_k(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def dequantize_q4_k(q: np.ndarray) -> np.ndarray:
+def dequantize_q4_k_into(q: np.ndarray, out: np.ndarray) -> None:
+    """``d1 * (q & 0xF) - m1`` written straight into ``out`` (nb, 256)."""
     d, dmin = le_f16(q, 0), le_f16(q, 2)
     sc, mn = _k4_unscales(q[:, 4:16])
     dl = d[:, None] * sc.astype(F32)  # (nb, 8)
     ml = dmin[:, None] * mn.astype(F32)
-    qs = q[:, 16:].reshape(-1, 4, 1, 32)
-    v = np.concatenate([qs & 0xF, qs >> 4], axis=2).reshape(-1, 8, 32).astype(F32)
-    return (dl[..., None] * v - ml[..., None]).reshape(-1, 256)
+    o = out.reshape(-1, 4, 2, 32)
+    qs = q[:, 16:].reshape(-1, 4, 32)
+    o[:, :, 0] = qs & 0xF
+    o[:, :, 1] = qs >> 4
+    o8 = out.reshape(-1, 8, 32)
+    o8 *= dl[..., None]
+    o8 -= ml[..., None]
 
 
 def quantize_q5_k(x: np.ndarray) -> np.ndarray:
@@ -308,17 +314,21 @@ def quantize_q5_k(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def dequantize_q5_k(q: np.ndarray) -> np.ndarray:
+def dequantize_q5_k_into(q: np.ndarray, out: np.ndarray) -> None:
+    """``d1 * ((ql & 0xF) + (qh & u1 ? 16 : 0)) - m1`` written into ``out`` (nb, 256)."""
     d, dmin = le_f16(q, 0), le_f16(q, 2)
     sc, mn = _k4_unscales(q[:, 4:16])
     dl = d[:, None] * sc.astype(F32)
     ml = dmin[:, None] * mn.astype(F32)
-    qh = q[:, 16:48].reshape(-1, 1, 32)
-    hbits = ((qh >> np.arange(8, dtype=np.uint8).reshape(1, 8, 1)) & 1) << 4  # (nb, 8, 32)
-    qs = q[:, 48:].reshape(-1, 4, 1, 32)
-    lo = np.concatenate([qs & 0xF, qs >> 4], axis=2).reshape(-1, 8, 32)
-    v = (lo + hbits).astype(F32)
-    return (dl[..., None] * v - ml[..., None]).reshape(-1, 256)
+    o = out.reshape(-1, 4, 2, 32)
+    qh = q[:, 16:48]
+    qs = q[:, 48:].reshape(-1, 4, 32)
+    for j in range(4):
+        o[:, j, 0] = (qs[:, j] & 0xF) | (((qh >> (2 * j)) & 1) << 4)
+        o[:, j, 1] = (qs[:, j] >> 4) | (((qh >> (2 * j + 1)) & 1) << 4)
+    o8 = out.reshape(-1, 8, 32)
+    o8 *= dl[..., None]
+    o8 -= ml[..., None]
 
 
 # --------------------------------------------------------------------------- Q6_K
@@ -349,19 +359,20 @@ def quantize_q6_k(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def dequantize_q6_k(q: np.ndarray) -> np.ndarray:
+def dequantize_q6_k_into(q: np.ndarray, out: np.ndarray) -> None:
+    """``d * sc[e/16] * (q6 - 32)`` written into ``out`` (nb, 256)."""
     d = le_f16(q, 208)
-    ql = q[:, :128].reshape(-1, 2, 2, 32)  # (half, ql[l] / ql[l+32], l)
-    qh = q[:, 128:192].reshape(-1, 2, 1, 32)
-    sc = q[:, 192:208].view(np.int8).reshape(-1, 2, 8).astype(F32)
-    lo = np.stack([ql[:, :, 0] & 0xF, ql[:, :, 1] & 0xF, ql[:, :, 0] >> 4, ql[:, :, 1] >> 4], axis=2)
-    hbits = (qh >> np.array([0, 2, 4, 6], np.uint8).reshape(1, 1, 4, 1)) & 3
-    v = ((lo | (hbits << 4)).astype(np.int32) - 32).astype(F32)  # (nb, 2, 4, 32)
-    # scale index for element 128*h + 32*k + l is 8*h + 2*k + l//16
-    s = sc.reshape(-1, 2, 4, 2)
-    dsc = (d[:, None, None, None] * s)  # d * sc (left to right)
-    v = v.reshape(-1, 2, 4, 2, 16) * dsc[..., None]
-    return v.reshape(-1, 256)
+    o = out.reshape(-1, 2, 4, 32)  # element 128*h + 32*k + l
+    ql = q[:, :128].reshape(-1, 2, 2, 32)
+    qh = q[:, 128:192].reshape(-1, 2, 32)
+    o[:, :, 0] = (ql[:, :, 0] & 0xF) | ((qh & 3) << 4)
+    o[:, :, 1] = (ql[:, :, 1] & 0xF) | (((qh >> 2) & 3) << 4)
+    o[:, :, 2] = (ql[:, :, 0] >> 4) | (((qh >> 4) & 3) << 4)
+    o[:, :, 3] = (ql[:, :, 1] >> 4) | ((qh >> 6) << 4)
+    out -= F32(32)
+    dsc = d[:, None] * q[:, 192:208].view(np.int8).astype(F32)  # d * sc, (nb, 16)
+    o16 = out.reshape(-1, 16, 16)
+    o16 *= dsc[..., None]
 
 
 # --------------------------------------------------------------------------- Q2_K / Q3_K
@@ -466,8 +477,8 @@ def dequantize_q8_k(q: np.ndarray) -> np.ndarray:
 CODECS: dict[int, Codec] = {
     GGMLType.Q2_K: Codec(quantize_q2_k, dequantize_q2_k, ((80, 2, 2),)),
     GGMLType.Q3_K: Codec(quantize_q3_k, dequantize_q3_k, ((108, 2, 1),)),
-    GGMLType.Q4_K: Codec(quantize_q4_k, dequantize_q4_k, ((0, 2, 2),)),
-    GGMLType.Q5_K: Codec(quantize_q5_k, dequantize_q5_k, ((0, 2, 2),)),
-    GGMLType.Q6_K: Codec(quantize_q6_k, dequantize_q6_k, ((208, 2, 1),)),
+    GGMLType.Q4_K: into_codec(quantize_q4_k, dequantize_q4_k_into, ((0, 2, 2),), QK_K),
+    GGMLType.Q5_K: into_codec(quantize_q5_k, dequantize_q5_k_into, ((0, 2, 2),), QK_K),
+    GGMLType.Q6_K: into_codec(quantize_q6_k, dequantize_q6_k_into, ((208, 2, 1),), QK_K),
     GGMLType.Q8_K: Codec(None, dequantize_q8_k, ((0, 4, 1), (260, 2, 16))),
 }

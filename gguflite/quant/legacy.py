@@ -21,6 +21,7 @@ from ._common import (
     cvtt_i32,
     first_abs_max,
     fold_max_abs,
+    into_codec,
     f32_to_f16_bits,
     le_f16,
     pack_nibbles,
@@ -96,12 +97,12 @@ def quantize_q4_0(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def dequantize_q4_0(q: np.ndarray) -> np.ndarray:
-    d = le_f16(q, 0)
-    out = _nibbles_f32(q[:, 2:])
-    out -= F32(8)
-    out *= d[:, None]
-    return out
+def dequantize_q4_0_into(q: np.ndarray, out: np.ndarray) -> None:
+    qs = q[:, 2:]
+    out[:, :16] = qs & 0x0F  # uint8 → float32 on assignment: faster than a lookup table
+    out[:, 16:] = qs >> 4
+    out -= F32(8)  # (q - 8) is exact in float32, as the C int is
+    out *= le_f16(q, 0)[:, None]
 
 
 def quantize_q5_0(x: np.ndarray) -> np.ndarray:
@@ -186,9 +187,8 @@ def quantize_q8_0(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def dequantize_q8_0(q: np.ndarray) -> np.ndarray:
-    d = le_f16(q, 0)
-    return np.multiply(q[:, 2:].view(np.int8), d[:, None], dtype=F32)
+def dequantize_q8_0_into(q: np.ndarray, out: np.ndarray) -> None:
+    np.multiply(q[:, 2:].view(np.int8), le_f16(q, 0)[:, None], out=out)
 
 
 def quantize_q8_1(x: np.ndarray) -> np.ndarray:
@@ -208,10 +208,10 @@ def dequantize_q8_1(q: np.ndarray) -> np.ndarray:
 
 
 CODECS: dict[int, Codec] = {
-    GGMLType.Q4_0: Codec(quantize_q4_0, dequantize_q4_0, ((0, 2, 1),)),
+    GGMLType.Q4_0: into_codec(quantize_q4_0, dequantize_q4_0_into, ((0, 2, 1),), 32),
     GGMLType.Q4_1: Codec(quantize_q4_1, dequantize_q4_1, ((0, 2, 2),)),
     GGMLType.Q5_0: Codec(quantize_q5_0, dequantize_q5_0, ((0, 2, 1), (2, 4, 1))),
     GGMLType.Q5_1: Codec(quantize_q5_1, dequantize_q5_1, ((0, 2, 2), (4, 4, 1))),
-    GGMLType.Q8_0: Codec(quantize_q8_0, dequantize_q8_0, ((0, 2, 1),)),
+    GGMLType.Q8_0: into_codec(quantize_q8_0, dequantize_q8_0_into, ((0, 2, 1),), 32),
     GGMLType.Q8_1: Codec(quantize_q8_1, dequantize_q8_1, ((0, 2, 2),)),
 }
