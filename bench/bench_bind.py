@@ -16,8 +16,9 @@ default 4096x4096 by 4096x512).  Rows printed, all in this process with the same
 
 The issue's target peer, the same graph built in C by llama.cpp's clip, needs a clip
 binary that llama-cpp-python does not ship; its ViT-L/14-336 benchmark belongs with the
-CLIP graph (ggml_bind/clip.py).  Reported: median ms, GFLOPS, and ratio peer/ours (>= 1
-means ggml_bind is at least as fast).
+CLIP graph (ggml_bind/clip.py).  Printed: median ms, GFLOPS, and ratio peer/ours (>= 1
+means ggml_bind is at least as fast).  The ``bind`` section of docs/BENCHMARKS.md gets the
+table (ours/peer in ms, target <= 1/0.95 against raw cffi) unless ``--no-doc``.
 """
 from __future__ import annotations
 
@@ -126,7 +127,12 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--types", default="f32,f16,q8_0")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--no-doc", action="store_true", help="do not update docs/BENCHMARKS.md")
     args = ap.parse_args(argv)
+    from bench import report
+
+    cmd = "python -m bench.bench_bind " + " ".join(argv if argv is not None else sys.argv[1:])
+    rows_doc = []
 
     rng = np.random.default_rng(0)
     w = rng.standard_normal((args.m, args.k), dtype=np.float32)
@@ -134,7 +140,7 @@ def main(argv=None) -> int:
     flops = 2.0 * args.m * args.k * args.n
     backend = Backend(args.device, n_threads=args.threads)
     cpu = backend if backend.is_cpu else Backend("cpu", n_threads=args.threads)
-    sched = Scheduler([backend] if not backend.is_cpu else [backend], graph_size=64)
+    sched = Scheduler([backend], graph_size=64)
     print(f"mul_mat W({args.m}x{args.k}) x({args.n}x{args.k}), {args.threads} threads, device {backend.name}, "
           f"ggml {lib.load().version}, cpu features: "
           + ",".join(k for k, v in lib.cpu_features().items() if v))
@@ -168,7 +174,27 @@ def main(argv=None) -> int:
             done()
         t_ours = times["ggml_bind"]
         for name, t in times.items():
-            print(f"{tname:6} {name:10} {t * 1e3:9.1f} {flops / t / 1e9:8.1f} {t / t_ours:9.2f}")
+            print(f"{tname:6} {name:10} {t * 1e3:9.1f} {flops / t / 1e9:8.1f} {t / t_ours:9.2f}", flush=True)
+            if name == "ggml_bind":
+                continue
+            rows_doc.append(report.Row(
+                f"mul_mat {args.m}x{args.k} by {args.n}x{args.k}, {tname} weights, vs {name}",
+                t_ours * 1e3, t * 1e3, "ms", "lower", args.repeat, args.threads, cmd,
+                target=round(1 / 0.95, 3) if name == "raw cffi" else None,
+                machine=report.machine(args.device),
+            ))
+    body = (
+        f"## ggml_bind mul_mat\n\nMeasured {report.stamp()} with `{cmd.strip()}`: y = x @ W.T, "
+        f"{flops / 1e9:.1f} GFLOP per call, timed round-robin (medians of {args.repeat}), same threads. "
+        "`raw cffi` drives the same ggml graph with bare cffi calls (the cost of ggml_bind's checks "
+        "and wrappers); torch (F32 weights) and numpy are independent peers. llama.cpp's clip "
+        "(the issue's peer) is not shipped by llama-cpp-python; the CLIP benchmark belongs with "
+        "ggml_bind/clip.py. The machine is shared with other jobs, so expect noise.\n\n"
+        + report.table(rows_doc)
+    )
+    print(body)
+    if not args.no_doc:
+        report.update_section("bind", body)
     return 0
 
 
