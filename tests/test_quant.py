@@ -189,13 +189,14 @@ def test_integer_and_f64_tensors_dequantize_by_value(t):
 # Largest |dequantize(quantize(x)) - x| relative to the row's largest magnitude, from each
 # type's step size: Q8_0 rounds to amax/127 steps (error <= amax/254), Q4_0's range -8..7
 # clips the top value by one step of amax/8, affine types err by (max-min)/levels/2, the
-# ternary types by amax/2, Q1_0 (sign times mean |x|) by less than amax.  K-quant bounds
+# ternary types by amax/2, Q1_0 (sign times mean |x|) by less than amax, NVFP4 by half its
+# widest E2M1 step (4 → 6) on a scale of amax/6 rounded to 3 mantissa bits.  K-quant bounds
 # are 1.4x the largest error seen over 100 seeds (their scales are searched, not derived).
 ERROR_BOUND = {
     G.F16: 2**-11, G.BF16: 2**-8, G.F64: 0.0, G.Q8_0: 0.005, G.Q8_1: 0.005,
     G.Q4_0: 0.13, G.Q4_1: 0.07, G.Q5_0: 0.065, G.Q5_1: 0.035,
     G.Q6_K: 0.023, G.Q5_K: 0.057, G.Q4_K: 0.122, G.Q3_K: 0.25, G.Q2_K: 0.5,
-    G.MXFP4: 0.34, G.TQ1_0: 0.51, G.TQ2_0: 0.51, G.Q2_0: 0.51, G.Q1_0: 1.0,
+    G.MXFP4: 0.34, G.NVFP4: 0.2, G.TQ1_0: 0.51, G.TQ2_0: 0.51, G.Q2_0: 0.51, G.Q1_0: 1.0,
 }
 
 

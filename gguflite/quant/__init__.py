@@ -11,7 +11,10 @@ rules that make this exact are in ``_common.py``; one module per family implemen
     floats.py   F32 F16 BF16 F64 I8..I64
     legacy.py   Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q8_1
     kquants.py  Q2_K Q3_K Q4_K Q5_K Q6_K Q8_K
-    small.py    TQ1_0 TQ2_0 MXFP4 NVFP4 Q1_0 Q2_0 IQ4_NL IQ4_XS
+    small.py    TQ1_0 TQ2_0 MXFP4 NVFP4 Q1_0 Q2_0 IQ4_NL IQ4_XS (the IQ4s: dequantize only)
+
+Not covered: the grid-based IQ types (IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M),
+whose codebooks are large tables in ggml-common.h.
 
 Work is done ``chunk_elements`` at a time (default 256 Ki floats), so the temporaries stay a
 few MB whatever the tensor size.  Big-endian files: pass ``endian=">"``, or use

@@ -1,6 +1,6 @@
 """The newer small types: ternary TQ1_0/TQ2_0, FP4 (MXFP4, NVFP4), Q1_0, Q2_0, and the
-non-linear IQ4_NL/IQ4_XS (dequantize only; their quantizers search per block and are not
-reproduced here).
+non-linear IQ4_NL/IQ4_XS (dequantize only: their quantizers run a per-block scale search that
+is not reproduced here).
 
 Layouts (bytes):
 
@@ -156,6 +156,38 @@ def quantize_mxfp4(x: np.ndarray) -> np.ndarray:
     return out
 
 
+def _fp32_to_ue4m3(v: np.ndarray) -> np.ndarray:
+    """``ggml_fp32_to_ue4m3``: positive float → UE4M3 byte (round half up on the mantissa,
+    448 and above → 0x7e, subnormals rounded from ``x*512 + 0.5``, NaN and <= 0 → 0)."""
+    pos = v > 0
+    x = np.where(pos, np.minimum(v, F32(448)), F32(1))
+    bits = x.view(np.uint32)
+    exp = ((bits >> 23) & 0xFF).astype(np.int32) - 127 + 7
+    man = ((bits >> 20) & 7).astype(np.int32) + ((bits >> 19) & 1).astype(np.int32)
+    carry = man > 7
+    exp = np.where(carry, exp + 1, exp)
+    man = np.where(carry, 0, man)
+    normal = np.where(exp >= 15, 0x7E, (exp << 3) | man)
+    sub = cvtt_i32(x * F32(512) + F32(0.5))
+    sub = np.where(sub < 1, 0, np.minimum(sub, 7))
+    orig_exp = ((bits >> 23) & 0xFF).astype(np.int32) - 127 + 7
+    out = np.where(orig_exp <= 0, sub, normal)
+    return np.where(pos, out, 0).astype(np.uint8)
+
+
+def quantize_nvfp4(x: np.ndarray) -> np.ndarray:
+    nb = x.shape[0]
+    xs = x.reshape(nb * 4, 16)  # 16-element sub-blocks, each with its own UE4M3 scale
+    ax = np.fmax.reduce(np.abs(xs), axis=1)
+    amax = np.where(ax > 0, ax, F32(0))  # `if (amax < fabsf(v))`: NaN never taken
+    ue = _fp32_to_ue4m3(amax / F32(6))
+    idx = _best_fp4(xs, _UE4M3[ue])
+    out = np.empty((nb, 36), np.uint8)
+    out[:, :4] = ue.reshape(nb, 4)
+    out[:, 4:] = (idx[:, :8] | (idx[:, 8:] << 4)).reshape(nb, 32)
+    return out
+
+
 def dequantize_nvfp4(q: np.ndarray) -> np.ndarray:
     d = _UE4M3[q[:, :4]]  # (n, 4) sub-block scales
     v = _fp4_nibbles(q[:, 4:].reshape(-1, 8)).reshape(-1, 4, 16)
@@ -224,7 +256,7 @@ CODECS: dict[int, Codec] = {
     GGMLType.TQ1_0: Codec(quantize_tq1_0, dequantize_tq1_0, ((52, 2, 1),)),
     GGMLType.TQ2_0: Codec(quantize_tq2_0, dequantize_tq2_0, ((64, 2, 1),)),
     GGMLType.MXFP4: Codec(quantize_mxfp4, dequantize_mxfp4, ()),
-    GGMLType.NVFP4: Codec(None, dequantize_nvfp4, ()),
+    GGMLType.NVFP4: Codec(quantize_nvfp4, dequantize_nvfp4, ()),
     GGMLType.Q1_0: Codec(quantize_q1_0, dequantize_q1_0, ((0, 2, 1),)),
     GGMLType.Q2_0: Codec(quantize_q2_0, dequantize_q2_0, ((0, 2, 1),)),
     GGMLType.IQ4_NL: Codec(None, dequantize_iq4_nl, ((0, 2, 1),)),
