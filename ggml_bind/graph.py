@@ -75,9 +75,10 @@ class Graph:
         for t in self.outputs.values():
             C.ggml_set_output(t.ptr)
             self.expand(t)
-        self.inputs = {
-            t.name: t for t in self.ctx.tensors() if t.ptr.flags & C.GGML_TENSOR_FLAG_INPUT
-        }
+        inputs = [t for t in self.ctx.tensors() if t.ptr.flags & C.GGML_TENSOR_FLAG_INPUT]
+        self.inputs = {t.name: t for t in inputs}
+        if len(self.inputs) != len(inputs) or "" in self.inputs:
+            raise GGMLError(f"graph inputs need distinct non-empty names, got {[t.name for t in inputs]}")
         unused = [n for n, t in self.inputs.items() if int(ffi.cast("uintptr_t", t.ptr)) not in self._seen]
         if unused:
             raise GGMLError(f"inputs {unused} are not used by any output (they would get no memory)")

@@ -318,6 +318,14 @@ def test_intermediate_results_of_another_graph_are_refused(sched):
     g1.free()
 
 
+def test_two_inputs_with_one_name_are_refused_at_build(sched):
+    def build(ctx):
+        return ops.add(ctx, ctx.input("x", "f32", (2,)), ctx.input("x", "f32", (2,)))
+
+    with pytest.raises(GGMLError, match="distinct"):
+        Graph(sched, build, max_nodes=8)
+
+
 def test_an_input_no_output_uses_is_refused_at_build(sched):
     def build(ctx):
         ctx.input("unused", "f32", (2,))
