@@ -263,6 +263,10 @@ class LlamaModel:
         mask = np.where(visible, 0.0, -np.inf).astype(np.float16 if self.flash_attn else np.float32)
         inputs = {"tokens" if kind == "tokens" else "embd": data, "pos": pos,
                   "kv_rows": pos.astype(np.int64), "mask": mask}
+        if self.sched.current is not g:
+            # another graph holds the compute buffers, or building a new graph reserved them
+            # (Scheduler.reserve forgets the current graph without marking it unallocated)
+            g.alloc()
         logits = g.compute(inputs)["logits"]
         self.n_past = start + n
         return logits
@@ -299,3 +303,4 @@ class LlamaModel:
         self._graphs.clear()
         self.kv_ctx.free()
         self.weights.free()
+

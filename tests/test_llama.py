@@ -101,6 +101,22 @@ def test_decode_reuses_one_graph_per_256_cache_rows(model, backend):
     assert any(k[2] == 512 for k in m._graphs)
 
 
+def test_switching_between_cached_graphs_gives_the_same_logits_every_time(model, backend):
+    # prompt, image-sized embedding batch, more text, decode: four graphs sharing one
+    # scheduler whose buffers grow; each must be re-placed when it is used again
+    fx, path, ref = model
+    m = LlamaModel(path, backend, kv_type="f32", flash_attn=False, n_ctx=1024)
+    emb = np.random.default_rng(0).standard_normal((576, m.params.n_embd)).astype(np.float32)  # 2 batches
+    runs = []
+    for _ in range(2):
+        m.reset()
+        out = [m.eval_tokens(list(range(1, 40))), m.eval_embeddings(emb), m.eval_tokens(list(range(1, 10)))]
+        out += [m.eval_tokens([5]) for _ in range(3)]
+        runs.append(out)
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_a_prompt_longer_than_the_context_is_refused_and_the_state_kept(model, backend):
     fx, path, ref = model
     m = LlamaModel(path, backend, n_ctx=16)
