@@ -635,9 +635,9 @@ def test_an_unexpected_tensor_is_refused_by_name(fixtures, tmp_path):
 
 
 def test_an_interrupted_run_leaves_no_partial_output(fixtures, tmp_path, monkeypatch):
-    import gguflite.convert.llava as llava
+    import gguflite.convert.output as output
 
-    real = llava._tensor_bytes
+    real = output._tensor_bytes
     calls = []
 
     def interrupt(p):
@@ -646,7 +646,7 @@ def test_an_interrupted_run_leaves_no_partial_output(fixtures, tmp_path, monkeyp
             raise KeyboardInterrupt
         return real(p)
 
-    monkeypatch.setattr(llava, "_tensor_bytes", interrupt)
+    monkeypatch.setattr(output, "_tensor_bytes", interrupt)
     outdir = tmp_path / "out"
     outdir.mkdir()
     (outdir / "llava-1.6-vicuna-f16.gguf").write_bytes(b"an older file")
@@ -660,9 +660,9 @@ def test_an_interrupted_run_leaves_no_partial_output(fixtures, tmp_path, monkeyp
 def test_only_one_tensor_is_held_in_memory_at_a_time(fixtures, tmp_path, monkeypatch):
     import tracemalloc
 
-    import gguflite.convert.llava as llava
+    import gguflite.convert.output as output
 
-    real = llava._tensor_bytes
+    real = output._tensor_bytes
     sizes, held = [], []
 
     def measured(p):
@@ -671,7 +671,7 @@ def test_only_one_tensor_is_held_in_memory_at_a_time(fixtures, tmp_path, monkeyp
         sizes.append(np.asarray(out).nbytes)
         return out
 
-    monkeypatch.setattr(llava, "_tensor_bytes", measured)
+    monkeypatch.setattr(output, "_tensor_bytes", measured)
     tracemalloc.start()
     try:
         convert_llava(fixtures["llava-1.6-vicuna"].model_dir, outdir=tmp_path, outtype="f32", progress=False)

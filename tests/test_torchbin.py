@@ -3,7 +3,6 @@ malicious pickles: each payload tries to create a marker file; the reader must r
 with a CheckpointError naming the global, and the marker must not exist."""
 import collections
 import copyreg
-import io
 import os
 import pickle
 import zipfile

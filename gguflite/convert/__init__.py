@@ -6,7 +6,7 @@
 Modules: ``safetensors`` (strict lazy reader), ``torchbin`` (restricted unpickler for
 PyTorch .bin), ``checkpoint`` (a folder → lazy tensors, sharded or not), ``layouts``
 (config.json → which LLaVA family), ``tokenizer`` (SentencePiece → tokenizer.ggml.*),
-``llava`` (the conversion), ``cli`` (``gguflite convert-llava``).  Importing this package
+``llava`` (the conversion plan), ``output`` (streamed, verified, atomic writing), ``cli`` (``gguflite convert-llava``).  Importing this package
 imports numpy only.
 """
 from .llava import OUTTYPES, convert_llava  # noqa: F401

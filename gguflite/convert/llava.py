@@ -15,10 +15,9 @@ What happens, in order (nothing is written until everything has been checked):
 4. The vision tower is cut to the layer LLaVA reads: ``hidden_states[select]`` (-2 → the
    first 23 of 24 blocks), written as ``clip.vision.block_count = 23`` and
    ``clip.vision.feature_layer = [23]``; ``post_layernorm``/``visual_projection`` dropped.
-5. Both files are streamed one tensor at a time to hidden temp files in ``outdir``, each
-   tensor's CRC32 recorded; both are re-opened with ``gguflite.open`` and every tensor's
-   name, shape, type and CRC32 and the key metadata compared; only then are both renamed
-   into place.  Any failure (or Ctrl-C) removes both temp files: both outputs or neither.
+5. ``output.write_both`` streams both files one tensor at a time to hidden temp files in
+   ``outdir``, re-opens them and compares every key, tensor and data CRC32, and only then
+   renames both into place.  Any failure (or Ctrl-C) removes both: both outputs or neither.
 
 Tensor types: 1-D tensors (norms, biases, class embedding, image_newline) stay F32 as
 llama.cpp expects; convolution kernels are F16 (ggml's conv/im2col paths want F16 kernels);
@@ -33,20 +32,15 @@ from __future__ import annotations
 
 import os
 import re
-import sys
-import tempfile
-import time
-import zlib
-from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
 from .. import names
 from ..errors import CheckpointError, GGUFError
 from ..types import GGMLType, TYPE_TRAITS, ValueType
-from .checkpoint import Checkpoint, as_float32, read_json
+from .checkpoint import Checkpoint, read_json
 from .layouts import Layout, detect, vision_params
+from .output import PlannedTensor, write_both
 from .tokenizer import tokenizer_metadata
 
 OUTTYPES = {  # outtype -> (general.file_type, ggml type of 2-D weights)
@@ -58,18 +52,6 @@ OUTTYPES = {  # outtype -> (general.file_type, ggml type of 2-D weights)
     "q4_k_m": (15, GGMLType.Q4_K),
 }
 U32, I32, F32, STR, BOOL = ValueType.UINT32, ValueType.INT32, ValueType.FLOAT32, ValueType.STRING, ValueType.BOOL
-
-
-@dataclass
-class PlannedTensor:
-    """One output tensor: where it comes from and what it becomes."""
-
-    name: str  # GGUF name
-    source: object  # lazy checkpoint tensor (name, shape, dtype, load())
-    shape: tuple[int, ...]  # numpy order, after squeezing
-    type: GGMLType
-    permute_heads: int | None = None  # Q/K: n_head / n_head_kv
-    crc: int | None = None
 
 
 # --------------------------------------------------------------------------- public API
@@ -108,7 +90,7 @@ def convert_llava(model_dir, *, vision_tower=None, outdir=None, outtype: str = "
         llm_meta = _llm_metadata(layout, name, outtype, model_dir)
         mm_meta = _mmproj_metadata(layout, name, outtype)
         os.makedirs(outdir, exist_ok=True)
-        _write_both(outdir, [(llm_path, llm_meta, llm_plan), (mmproj_path, mm_meta, mm_plan)], progress)
+        write_both([(llm_path, llm_meta, llm_plan), (mmproj_path, mm_meta, mm_plan)], progress)
     except GGUFError as e:
         raise e.with_path(model_dir)  # name the checkpoint when the raiser knew no file
     finally:
@@ -360,139 +342,6 @@ def _mmproj_metadata(layout: Layout, name: str, outtype: str):
     if layout.image_aspect_ratio:
         meta.append(("clip.vision.image_aspect_ratio", layout.image_aspect_ratio, STR))
     return meta
-
-
-# --------------------------------------------------------------------------- writing
-
-
-def _tensor_bytes(p: PlannedTensor) -> np.ndarray:
-    """The bytes of one output tensor, computed from its source now (streaming)."""
-    from .. import quant
-
-    src = p.source
-    arr = src.load()
-    if p.permute_heads:
-        arr = names.permute_qk(arr, p.permute_heads)
-    arr = arr.reshape(p.shape)
-    if p.type == GGMLType.F16 and src.dtype == "F16":
-        out = np.ascontiguousarray(arr, dtype="<f2")
-    elif p.type == GGMLType.BF16 and src.dtype == "BF16":
-        out = np.ascontiguousarray(arr, dtype="<u2")
-    else:
-        x = as_float32(arr, src.dtype)
-        if p.type == GGMLType.F32:
-            out = np.ascontiguousarray(x, dtype="<f4")
-        elif p.type == GGMLType.F16:
-            out = x.astype("<f2")
-        else:
-            out = quant.quantize(x, p.type)
-    return out
-
-
-class _Progress:
-    """A one-line progress bar on stderr: tensors and bytes done."""
-
-    def __init__(self, plans, enabled: bool):
-        self.total = sum(_out_nbytes(p) for _, _, plan in plans for p in plan)
-        self.n = sum(len(plan) for _, _, plan in plans)
-        self.done = self.i = 0
-        self.enabled = enabled and self.n > 0
-        self.t0 = self.last = time.monotonic()
-
-    def step(self, p: PlannedTensor):
-        self.i += 1
-        self.done += _out_nbytes(p)
-        now = time.monotonic()
-        if self.enabled and (now - self.last > 0.2 or self.i == self.n):
-            self.last = now
-            frac = self.done / max(self.total, 1)
-            bar = "#" * int(30 * frac)
-            sys.stderr.write(f"\r[{bar:<30}] {self.i}/{self.n} tensors {self.done / 1e6:.1f}/{self.total / 1e6:.1f} MB "
-                             f"{time.monotonic() - self.t0:.0f}s  {p.name[:40]:<40}")
-            if self.i == self.n:
-                sys.stderr.write("\n")
-            sys.stderr.flush()
-
-
-def _out_nbytes(p: PlannedTensor) -> int:
-    t = TYPE_TRAITS[p.type]
-    n = 1
-    for s in p.shape:
-        n *= s
-    return n // t.block_size * t.type_size
-
-
-def _write_both(outdir: str, jobs, progress: bool):
-    from ..writer import GGUFWriter
-
-    bar = _Progress(jobs, progress)
-    temps = []
-    try:
-        for final, meta, plan in jobs:
-            fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(final)}.", suffix=".partial", dir=outdir)
-            os.close(fd)
-            temps.append(tmp)
-            w = GGUFWriter(tmp)
-            for key, value, vtype in meta:
-                w.add(key, value, type=vtype)
-            for p in plan:
-                w.add_tensor(p.name, p.shape, p.type, _source(p, bar))
-            w.write()
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it 0600; outputs are ordinary files
-        for (final, meta, plan), tmp in zip(jobs, temps):
-            _verify(tmp, meta, plan)
-        done = []
-        try:
-            for (final, _, _), tmp in zip(jobs, temps):
-                os.replace(tmp, final)
-                done.append(final)
-        except BaseException:
-            for f in done:
-                os.unlink(f)
-            raise
-        temps = []
-    finally:
-        for tmp in temps:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-
-
-def _source(p: PlannedTensor, bar: _Progress) -> Callable[[], np.ndarray]:
-    def make():
-        out = _tensor_bytes(p)
-        p.crc = zlib.crc32(memoryview(np.ascontiguousarray(out)).cast("B"))
-        bar.step(p)
-        return out
-    return make
-
-
-def _verify(path: str, meta, plan):
-    """Re-open a written file and compare it with what was meant to be written."""
-    import gguflite
-
-    with gguflite.open(path) as f:
-        for key, value, _ in meta:
-            got = f.metadata.get(key)
-            if isinstance(value, (list, np.ndarray)):
-                ok = got is not None and len(got) == len(value) and all(
-                    (a == b) or (isinstance(a, float) and np.float32(a) == np.float32(b)) for a, b in zip(got, value))
-            elif isinstance(value, float):
-                ok = got is not None and np.float32(got) == np.float32(value)
-            else:
-                ok = got == value
-            if not ok:
-                raise GGUFError("written file does not read back: metadata differs", path=path, key=key)
-        if set(f.tensors) != {p.name for p in plan}:
-            raise GGUFError("written file does not read back: tensor set differs", path=path)
-        for p in plan:
-            info = f.tensors[p.name]
-            if tuple(info.shape) != p.shape or int(info.type) != int(p.type):
-                raise GGUFError(f"written file does not read back: {info.shape}/{info.type}", path=path, tensor=p.name)
-            data = info.data
-            if zlib.crc32(memoryview(np.ascontiguousarray(data)).cast("B")) != p.crc:
-                raise GGUFError("written file does not read back: tensor data differs", path=path, tensor=p.name)
 
 
 def _same_file_in(path: str, folders) -> bool:

@@ -1,0 +1,173 @@
+"""Writing the converter's two outputs: streamed one tensor at a time, verified by reading
+them back, and renamed into place together (both files or neither).
+
+``write_both([(final_path, metadata, plan), ...], progress)``:
+
+1. each file goes to a hidden ``.<name>.*.partial`` temp file in its final folder through
+   ``GGUFWriter``, whose tensor sources are callables: each tensor is loaded, permuted,
+   cast or quantized only when the writer reaches it, and its CRC32 recorded;
+2. every temp file is re-opened with ``gguflite.open`` and its keys, tensor names, shapes,
+   types and data CRC32s compared with what was meant;
+3. only then are the temp files renamed over the final paths.  Any exception or Ctrl-C
+   before that removes every temp file; a failure between the renames removes the file
+   already renamed.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .. import names
+from ..errors import GGUFError
+from ..types import GGMLType, TYPE_TRAITS
+from .checkpoint import as_float32
+
+
+@dataclass
+class PlannedTensor:
+    """One output tensor: where it comes from and what it becomes."""
+
+    name: str  # GGUF name
+    source: object  # lazy checkpoint tensor (name, shape, dtype, load())
+    shape: tuple[int, ...]  # numpy order, after squeezing
+    type: GGMLType
+    permute_heads: int | None = None  # Q/K: n_head / n_head_kv
+    crc: int | None = None
+
+
+def _tensor_bytes(p: PlannedTensor) -> np.ndarray:
+    """The bytes of one output tensor, computed from its source now (streaming)."""
+    from .. import quant
+
+    src = p.source
+    arr = src.load()
+    if p.permute_heads:
+        arr = names.permute_qk(arr, p.permute_heads)
+    arr = arr.reshape(p.shape)
+    if p.type == GGMLType.F16 and src.dtype == "F16":
+        out = np.ascontiguousarray(arr, dtype="<f2")
+    elif p.type == GGMLType.BF16 and src.dtype == "BF16":
+        out = np.ascontiguousarray(arr, dtype="<u2")
+    else:
+        x = as_float32(arr, src.dtype)
+        if p.type == GGMLType.F32:
+            out = np.ascontiguousarray(x, dtype="<f4")
+        elif p.type == GGMLType.F16:
+            out = x.astype("<f2")
+        else:
+            out = quant.quantize(x, p.type)
+    return out
+
+
+class _Progress:
+    """A one-line progress bar on stderr: tensors and bytes done."""
+
+    def __init__(self, plans, enabled: bool):
+        self.total = sum(_out_nbytes(p) for _, _, plan in plans for p in plan)
+        self.n = sum(len(plan) for _, _, plan in plans)
+        self.done = self.i = 0
+        self.enabled = enabled and self.n > 0
+        self.t0 = self.last = time.monotonic()
+
+    def step(self, p: PlannedTensor):
+        self.i += 1
+        self.done += _out_nbytes(p)
+        now = time.monotonic()
+        if self.enabled and (now - self.last > 0.2 or self.i == self.n):
+            self.last = now
+            frac = self.done / max(self.total, 1)
+            bar = "#" * int(30 * frac)
+            sys.stderr.write(f"\r[{bar:<30}] {self.i}/{self.n} tensors {self.done / 1e6:.1f}/{self.total / 1e6:.1f} MB "
+                             f"{time.monotonic() - self.t0:.0f}s  {p.name[:40]:<40}")
+            if self.i == self.n:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def _out_nbytes(p: PlannedTensor) -> int:
+    t = TYPE_TRAITS[p.type]
+    n = 1
+    for s in p.shape:
+        n *= s
+    return n // t.block_size * t.type_size
+
+
+def write_both(jobs, progress: bool) -> None:
+    from ..writer import GGUFWriter
+
+    bar = _Progress(jobs, progress)
+    temps = []
+    try:
+        for final, meta, plan in jobs:
+            fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(final)}.", suffix=".partial",
+                                       dir=os.path.dirname(final))
+            os.close(fd)
+            temps.append(tmp)
+            w = GGUFWriter(tmp)
+            for key, value, vtype in meta:
+                w.add(key, value, type=vtype)
+            for p in plan:
+                w.add_tensor(p.name, p.shape, p.type, _source(p, bar))
+            w.write()
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it 0600; outputs are ordinary files
+        for (final, meta, plan), tmp in zip(jobs, temps):
+            _verify(tmp, meta, plan)
+        done = []
+        try:
+            for (final, _, _), tmp in zip(jobs, temps):
+                os.replace(tmp, final)
+                done.append(final)
+        except BaseException:
+            for f in done:
+                os.unlink(f)
+            raise
+        temps = []
+    finally:
+        for tmp in temps:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def _source(p: PlannedTensor, bar: _Progress) -> Callable[[], np.ndarray]:
+    def make():
+        out = _tensor_bytes(p)
+        p.crc = zlib.crc32(memoryview(np.ascontiguousarray(out)).cast("B"))
+        bar.step(p)
+        return out
+    return make
+
+
+def _verify(path: str, meta, plan):
+    """Re-open a written file and compare it with what was meant to be written."""
+    import gguflite
+
+    with gguflite.open(path) as f:
+        for key, value, _ in meta:
+            got = f.metadata.get(key)
+            if isinstance(value, (list, np.ndarray)):
+                ok = got is not None and len(got) == len(value) and all(
+                    (a == b) or (isinstance(a, float) and np.float32(a) == np.float32(b)) for a, b in zip(got, value))
+            elif isinstance(value, float):
+                ok = got is not None and np.float32(got) == np.float32(value)
+            else:
+                ok = got == value
+            if not ok:
+                raise GGUFError("written file does not read back: metadata differs", path=path, key=key)
+        if set(f.tensors) != {p.name for p in plan}:
+            raise GGUFError("written file does not read back: tensor set differs", path=path)
+        for p in plan:
+            info = f.tensors[p.name]
+            if tuple(info.shape) != p.shape or int(info.type) != int(p.type):
+                raise GGUFError(f"written file does not read back: {info.shape}/{info.type}", path=path, tensor=p.name)
+            data = info.data
+            if zlib.crc32(memoryview(np.ascontiguousarray(data)).cast("B")) != p.crc:
+                raise GGUFError("written file does not read back: tensor data differs", path=path, tensor=p.name)
