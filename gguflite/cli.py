@@ -50,7 +50,7 @@ def jsonable(v):
     """A metadata value as JSON-ready Python (arrays become lists)."""
     if isinstance(v, np.ndarray):
         return v.tolist()
-    if isinstance(v, (list, tuple)) or type(v).__name__ == "StringArray":
+    if isinstance(v, (list, tuple)) or type(v).__name__ in ("StringArray", "NestedArray"):
         return [jsonable(x) for x in v]
     if isinstance(v, np.generic):
         return v.item()
@@ -58,7 +58,7 @@ def jsonable(v):
 
 
 def _short(v, limit: int = 6) -> str:
-    if isinstance(v, np.ndarray) or isinstance(v, list) or type(v).__name__ == "StringArray":
+    if isinstance(v, (np.ndarray, list)) or type(v).__name__ in ("StringArray", "NestedArray"):
         items = [jsonable(x) for x in v[:limit]]
         more = f", ... ({len(v)} items)" if len(v) > limit else ""
         return "[" + ", ".join(json.dumps(x, ensure_ascii=False) for x in items) + more + "]"

@@ -25,6 +25,7 @@ one), trailing alignment padding included.
 """
 from __future__ import annotations
 
+import array
 import builtins
 import itertools
 import mmap
@@ -63,7 +64,7 @@ from .types import (
     type_name,
 )
 
-__all__ = ["open", "validate", "GGUFFile", "Field", "TensorInfo", "FileRange", "StringArray", "MAX_NESTING"]
+__all__ = ["open", "validate", "GGUFFile", "Field", "TensorInfo", "FileRange", "StringArray", "NestedArray", "MAX_NESTING"]
 
 # Nested arrays (which llama.cpp rejects) are read, but only this deep, so that a hostile
 # file cannot exhaust the Python stack.
@@ -78,6 +79,10 @@ _SCALAR_FMT = {
     ValueType.UINT32: "I", ValueType.INT32: "i", ValueType.FLOAT32: "f", ValueType.BOOL: "B",
     ValueType.UINT64: "Q", ValueType.INT64: "q", ValueType.FLOAT64: "d",
 }
+
+
+# element width of the fixed-size types whose bytes need no checking (BOOL is checked)
+_FIXED_WIDTHS = {int(t): VALUE_DTYPES[t].itemsize for t in VALUE_DTYPES if t != ValueType.BOOL}
 
 
 def decode_str(raw: bytes) -> str:
@@ -101,37 +106,43 @@ class StringArray(Sequence):
         self._count = count
         self.len_size = len_size  # 8, or 4 in GGUF v1
         self.endian = endian
-        self._starts: np.ndarray | None = None  # int64 [count]: start of each string's bytes
-        self._lens: np.ndarray | None = None  # int64 [count]
+        # int64 [count + 1]: where each string's length prefix starts, then the end
+        self._bounds: np.ndarray | None = None
 
-    def _index(self) -> tuple[np.ndarray, np.ndarray]:
+    def _index(self) -> np.ndarray:
+        """The string boundaries, found by one walk on first use: 8 bytes per string and
+        no Python object per string (string ``i`` is ``[bounds[i] + len_size, bounds[i+1])``)."""
         if getattr(self._buf, "closed", False):
             raise GGUFError("file is closed")
-        if self._starts is None:
+        if self._bounds is None:
             unpack = struct.Struct(self.endian + ("Q" if self.len_size == 8 else "I")).unpack_from
             buf, pos, lw = self._buf, self.start, self.len_size
-            prefixes = []  # where each string's length prefix starts (walked by the parser)
-            append = prefixes.append
-            for _ in itertools.repeat(None, self._count):
-                append(pos)
+            bounds = array.array("q", bytes(8 * (self._count + 1)))
+            for i in range(self._count):
+                bounds[i] = pos
                 pos += unpack(buf, pos)[0] + lw
-            prefixes.append(pos)
-            bounds = np.array(prefixes, dtype=np.int64)
-            self._starts = bounds[:-1] + lw
-            self._lens = bounds[1:] - self._starts
-            if self._count and int(self._lens.max()) > GGUF_MAX_STRING_LENGTH:
-                i = int(np.argmax(self._lens > GGUF_MAX_STRING_LENGTH))
-                raise BadValue(f"string {i} is longer than 1 GiB", offset=int(self._starts[i]) - self.len_size)
-        return self._starts, self._lens
+            bounds[self._count] = pos
+            b = np.frombuffer(bounds, dtype=np.int64)
+            for j in range(0, self._count, 1 << 16):  # the 1 GiB rule, in chunks (no big temporaries)
+                lens = np.diff(b[j : j + (1 << 16) + 1]) - lw
+                if int(lens.max()) > GGUF_MAX_STRING_LENGTH:
+                    i = j + int(np.argmax(lens > GGUF_MAX_STRING_LENGTH))
+                    raise BadValue(f"string {i} is longer than 1 GiB", offset=int(b[i]), key=None)
+            self._bounds = b
+        return self._bounds
+
+    def offset_of(self, i: int) -> int:
+        """Absolute offset of string ``i``'s length prefix."""
+        return int(self._index()[i])
 
     def __len__(self) -> int:
         return self._count
 
     def raw(self, i: int) -> bytes:
         """The undecoded bytes of string ``i``."""
-        starts, lens = self._index()
-        s = int(starts[i])  # inside the file: checked by the parser's walk
-        return bytes(self._buf[s : s + int(lens[i])])
+        b = self._index()
+        i = int(i) + (self._count if int(i) < 0 else 0)
+        return bytes(self._buf[int(b[i]) + self.len_size : int(b[i + 1])])  # inside the file: walked
 
     def __getitem__(self, i):
         if isinstance(i, slice):
@@ -148,11 +159,10 @@ class StringArray(Sequence):
 
     def tolist(self) -> list[str]:
         """All strings, decoded: one copy of the region, then one slice per string."""
-        starts, lens = self._index()
+        b = (self._index() - self.start).tolist()
         region = bytes(self._buf[self.start : self.end])
-        base = self.start
-        return [region[s : s + n].decode("utf-8", "surrogateescape")
-                for s, n in zip((starts - base).tolist(), lens.tolist())]
+        lw = self.len_size
+        return [region[s + lw : e].decode("utf-8", "surrogateescape") for s, e in zip(b, b[1:])]
 
     def raw_bytes(self) -> memoryview:
         """The serialized strings (length prefixes included) exactly as in the file;
@@ -168,6 +178,58 @@ class StringArray(Sequence):
         head = ", ".join(repr(s) for s in self[:3])
         more = ", ..." if self._count > 3 else ""
         return f"StringArray([{head}{more}], len={self._count})"
+
+
+class NestedArray(Sequence):
+    """A lazy, read-only sequence of the ``count`` inner arrays of a nested array (which
+    gguf-py writes and llama.cpp rejects).  Opening only walks over them; their offsets are
+    found on first access and each inner array (a numpy view, ``StringArray`` or
+    ``NestedArray``, in the file's byte order) is parsed when asked for."""
+
+    def __init__(self, parser: "_Parser", start: int, count: int, depth: int, key: str):
+        self._buf, self._size, self._path = parser.buf, parser.size, parser.path
+        self.endian, self.len_size = parser.endian, parser.len_size
+        self.start = start  # absolute offset of the first inner array's element type
+        self._count = count
+        self._depth = depth
+        self._key = key
+        self._bounds: np.ndarray | None = None  # int64 [count + 1]: where each inner array starts
+
+    def _parser(self, pos: int) -> "_Parser":
+        if getattr(self._buf, "closed", False):
+            raise GGUFError("file is closed", path=self._path, key=self._key)
+        p = _Parser(self._buf, self._size, self._path)
+        p.endian, p.len_size, p.pos = self.endian, self.len_size, pos
+        return p
+
+    def _index(self) -> np.ndarray:
+        if self._bounds is None:
+            p = self._parser(self.start)
+            bounds = array.array("q", bytes(8 * (self._count + 1)))  # 8 bytes per inner array
+            p.skip_arrays(self._count, self._key, self._depth, bounds)
+            bounds[self._count] = p.pos
+            self._bounds = np.frombuffer(bounds, dtype=np.int64)
+        return self._bounds
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self._count))]
+        i = int(i)
+        if i < 0:
+            i += self._count
+        if not 0 <= i < self._count:
+            raise IndexError(f"index {i} out of range for {self._count} inner arrays")
+        return self._parser(int(self._index()[i])).array(self._key, self._depth)[0]
+
+    def __iter__(self):
+        for i in range(self._count):
+            yield self[i]
+
+    def __repr__(self) -> str:
+        return f"NestedArray(len={self._count})"
 
 
 @dataclass(frozen=True, eq=False)
@@ -255,7 +317,11 @@ class TensorInfo:
         traits = TYPE_TRAITS.get(self.type)
         if traits is None or traits.dtype is None:
             return raw
-        return raw.view(traits.dtype.newbyteorder(self._file.endian)).reshape(self.shape)
+        try:
+            return raw.view(traits.dtype.newbyteorder(self._file.endian)).reshape(self.shape)
+        except ValueError:  # e.g. ne=[0, 2^62]: 0 elements, but numpy refuses the shape
+            raise BadTensorInfo(f"numpy cannot represent the shape {self.shape}", path=self._file.path,
+                                offset=self.info_offset, tensor=self.name) from None
 
 
 # --------------------------------------------------------------------------- parsing
@@ -327,36 +393,71 @@ class _Parser:
             v = bool(v)
         return v, None
 
-    def array(self, key: str, depth: int):
+    def array(self, key: str, depth: int, build: bool = True):
+        """Parse (``build``) or only walk over one array; returns (value or None, elem type).
+        Walking allocates nothing per element, so nested arrays and string arrays cost
+        no Python objects until they are accessed."""
         at = self.pos
         etype = self.value_type("array element type", key)
         count = self.length("array length")
         if count > GGUF_MAX_ARRAY_ELEMENTS:
             raise BadValue(f"array of {count} elements exceeds 2^30", path=self.path, offset=at, key=key)
         remaining = self.size - self.pos
+        start = self.pos
         if etype == ValueType.STRING:
             if count * self.len_size > remaining:
                 raise TruncatedFile(self.pos, count * self.len_size, remaining, "string array", path=self.path, key=key)
-            start = self.pos
             self.skip_strings(count, key)
+            if not build:
+                return None, etype
             return StringArray(self.buf, start, self.pos, count, self.len_size, self.endian), etype
         if etype == ValueType.ARRAY:
             if depth + 1 >= MAX_NESTING:
                 raise BadValue(f"arrays nested deeper than {MAX_NESTING}", path=self.path, offset=at, key=key)
             if count * (4 + self.len_size) > remaining:
                 raise TruncatedFile(self.pos, count * (4 + self.len_size), remaining, "nested array", path=self.path, key=key)
-            return [self.array(key, depth + 1)[0] for _ in range(count)], etype
+            self.skip_arrays(count, key, depth + 1)
+            if not build:
+                return None, etype
+            return NestedArray(self, start, count, depth + 1, key), etype
         dt = VALUE_DTYPES[etype]
         nbytes = count * dt.itemsize
         self.need(nbytes, f"{etype.name.lower()} array")
-        view = np.frombuffer(self.buf, dtype=dt.newbyteorder(self.endian), count=count, offset=self.pos)
-        if etype == ValueType.BOOL:
-            if count and int(view.max()) > 1:
-                bad = int(np.argmax(view > 1))
+        if etype == ValueType.BOOL and count:
+            chunk = self.buf[self.pos : self.pos + count]  # bounds checked by need()
+            if max(chunk) > 1:
+                bad = next(i for i, b in enumerate(chunk) if b > 1)
                 raise BadValue(f"bool array element {bad} is neither 0 nor 1", path=self.path, offset=self.pos + bad, key=key)
-            view = view.view(np.bool_)
+        view = None
+        if build:
+            view = np.frombuffer(self.buf, dtype=dt.newbyteorder(self.endian), count=count, offset=self.pos)
+            if etype == ValueType.BOOL:
+                view = view.view(np.bool_)
         self.pos += nbytes
         return view, etype
+
+    def skip_arrays(self, count: int, key: str, depth: int, bounds=None) -> None:
+        """Walk over ``count`` inner arrays of a nested array (recording where each starts
+        in ``bounds`` if given).  Fixed-size inner arrays take one unpack each; strings,
+        bools, deeper nesting and anything malformed go through ``array`` (which raises
+        with the exact offset)."""
+        hdr = struct.Struct(self.endian + ("IQ" if self.len_size == 8 else "II"))
+        unpack, hsize = hdr.unpack_from, hdr.size
+        buf, size, pos = self.buf, self.size, self.pos
+        widths = _FIXED_WIDTHS
+        for i in range(count):
+            if bounds is not None:
+                bounds[i] = pos
+            if pos + hsize <= size:
+                etype, n = unpack(buf, pos)
+                w = widths.get(etype)
+                if w is not None and n <= GGUF_MAX_ARRAY_ELEMENTS and pos + hsize + n * w <= size:
+                    pos += hsize + n * w
+                    continue
+            self.pos = pos
+            self.array(key, depth, build=False)
+            pos = self.pos
+        self.pos = pos
 
     def skip_strings(self, count: int, key: str) -> None:
         """Walk over ``count`` strings without decoding them: the hot loop for
@@ -416,7 +517,7 @@ def _public(value):
         out = value.astype(value.dtype.newbyteorder("="))
         out.flags.writeable = False
         return out
-    if isinstance(value, list):
+    if isinstance(value, (list, NestedArray)):
         return [_public(v) for v in value]
     return value
 
@@ -637,13 +738,12 @@ def _check_utf8(value, f: Field, path: str) -> None:
         except UnicodeEncodeError:
             raise BadValue("string is not valid UTF-8", path=path, offset=f.value_offset, key=f.key) from None
     elif isinstance(value, StringArray):
-        starts, lens = value._index()
         for i in range(len(value)):
             try:
                 value.raw(i).decode("utf-8")
             except UnicodeDecodeError:
-                raise BadValue(f"string {i} is not valid UTF-8", path=path, offset=int(starts[i]), key=f.key) from None
-    elif isinstance(value, list):
+                raise BadValue(f"string {i} is not valid UTF-8", path=path, offset=value.offset_of(i), key=f.key) from None
+    elif isinstance(value, (list, NestedArray)):
         for v in value:
             _check_utf8(v, f, path)
 

@@ -42,7 +42,7 @@ from typing import Any, Callable, Union
 import numpy as np
 
 from .errors import BadAlignment, DuplicateKey, DuplicateTensor, WriteError
-from .reader import MAX_NESTING, FileRange, StringArray
+from .reader import MAX_NESTING, FileRange, NestedArray, StringArray
 from .types import (
     GGML_MAX_DIMS,
     GGML_MAX_NAME,
@@ -115,6 +115,8 @@ def infer_type(value, key: str = "") -> tuple[ValueType, ValueType | None]:
         return V.ARRAY, V.UINT8
     if isinstance(value, StringArray):
         return V.ARRAY, V.STRING
+    if isinstance(value, NestedArray):
+        return V.ARRAY, V.ARRAY
     if isinstance(value, np.ndarray):
         if value.ndim == 0:
             return _vtype_of_dtype(value.dtype, key), None
@@ -133,7 +135,7 @@ def _infer_elem(items, key: str) -> ValueType:
         return V.STRING
     if all(isinstance(x, (bool, np.bool_)) for x in items):
         return V.BOOL
-    if all(isinstance(x, (list, tuple, np.ndarray, StringArray, bytes)) for x in items):
+    if all(isinstance(x, (list, tuple, np.ndarray, StringArray, NestedArray, bytes)) for x in items):
         return V.ARRAY
     if all(_is_int(x) for x in items):
         if all(isinstance(x, np.generic) for x in items) and len({x.dtype for x in items}) == 1:
@@ -191,6 +193,13 @@ def _numeric_array(value, etype: ValueType, key: str) -> np.ndarray:
     target = VALUE_DTYPES[etype]
     if isinstance(value, (bytes, bytearray, memoryview)):
         value = np.frombuffer(value, dtype=np.uint8)
+    if isinstance(value, (list, tuple)) and etype in _INT_TYPES and all(_is_int(x) for x in value):
+        # Python ints exactly (numpy would turn [0, 2**63] into float64)
+        vals = [int(x) for x in value]
+        lo, hi = INT_RANGES[etype]
+        if vals and not (lo <= min(vals) and max(vals) <= hi):
+            raise WriteError(f"values [{min(vals)}, {max(vals)}] out of range for {etype.name}", key=key)
+        return np.array(vals, dtype=target)
     arr = np.asarray(value) if isinstance(value, np.ndarray) else None
     if arr is None:
         try:

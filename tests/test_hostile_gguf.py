@@ -167,3 +167,12 @@ def test_validate_accepts_a_good_file_and_rejects_a_bad_one(tmp_path):
     (tmp_path / "bad.gguf").write_bytes(HOSTILE["overlapping tensors"][0])
     with pytest.raises(TensorOutOfBounds):
         gguflite.validate(tmp_path / "bad.gguf")
+
+
+def test_a_zero_size_tensor_whose_shape_numpy_cannot_hold_raises_gguferror_on_access(tmp_path):
+    p = tmp_path / "z.gguf"
+    p.write_bytes(pad_to(r.header(1, 0) + r.tensor_info("t", [0, 2**62], 0, 0)))
+    with gguflite.open(p) as f:  # ggml accepts it: zero elements
+        assert f.tensors["t"].nbytes == 0
+        with pytest.raises(BadTensorInfo, match="numpy cannot represent"):
+            f.tensors["t"].data

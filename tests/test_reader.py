@@ -84,8 +84,8 @@ def test_string_arrays_are_lazy_and_only_indexed_on_first_access(tmp_path):
     path = write(tmp_path, r.file([r.kv_array("tok", V.STRING, words)], []))
     with gguflite.open(path) as f:
         s = f.metadata["tok"]
-        assert isinstance(s, StringArray) and s._starts is None
-        assert len(s) == 2000 and s._starts is None
+        assert isinstance(s, StringArray) and s._bounds is None
+        assert len(s) == 2000 and s._bounds is None
         assert s[1999] == "w1999" and s[-2] == "w1998" and s[3:5] == ["w3", "w4"]
         assert s == words
         with pytest.raises(IndexError):

@@ -188,6 +188,16 @@ def test_values_that_do_not_fit_their_type_are_refused(value, vtype):
         GGUFWriter("x.gguf").add("k", value, vtype)
 
 
+def test_python_ints_beyond_int64_are_stored_exactly(tmp_path):
+    w = GGUFWriter(tmp_path / "a.gguf")
+    w.add("u", [0, 2**63, 2**64 - 1], (V.ARRAY, V.UINT64))
+    w.add("i", [1, 2**40])
+    w.write()
+    with gguflite.open(tmp_path / "a.gguf") as f:
+        assert f.metadata["u"].tolist() == [0, 2**63, 2**64 - 1]
+        assert f.fields["i"].elem_type == V.INT64 and f.metadata["i"].tolist() == [1, 2**40]
+
+
 def test_a_bare_element_type_is_accepted_for_a_list():
     w = GGUFWriter("x.gguf")
     w.add("k", [1, 2], V.UINT32)
