@@ -173,3 +173,34 @@ def test_each_payload_really_runs_code_under_plain_pickle(tmp_path, which):
     except Exception:
         pass  # what matters is the side effect before any later failure
     assert marker.exists(), label
+
+
+def test_every_bit_flip_of_a_saved_file_fails_cleanly_or_reads(tmp_path):
+    torch.save(collections.OrderedDict(w=torch.randn(3, 4).half(), b=torch.arange(5)), tmp_path / "ok.bin")
+    good = (tmp_path / "ok.bin").read_bytes()
+    rng = np.random.default_rng(1)
+    path = tmp_path / "flip.bin"
+    for pos in rng.integers(0, len(good), 400):
+        buf = bytearray(good)
+        buf[pos] ^= 1 << int(rng.integers(0, 8))
+        path.write_bytes(bytes(buf))
+        try:
+            with TorchBinFile(path) as f:
+                for t in f.tensors.values():
+                    t.load()
+        except CheckpointError:
+            pass
+
+
+def test_a_big_endian_archive_is_read_in_native_order(tmp_path):
+    torch.save({"w": torch.arange(6, dtype=torch.float32).reshape(2, 3)}, tmp_path / "le.bin")
+    with zipfile.ZipFile(tmp_path / "le.bin") as z:
+        root = z.namelist()[0].split("/")[0]
+        pkl = z.read(f"{root}/data.pkl")
+        data = np.frombuffer(z.read(f"{root}/data/0"), "<f4").astype(">f4").tobytes()
+    with zipfile.ZipFile(tmp_path / "be.bin", "w", zipfile.ZIP_STORED) as z:
+        z.writestr("archive/data.pkl", pkl)
+        z.writestr("archive/byteorder", "big")
+        z.writestr("archive/data/0", data)
+    with TorchBinFile(tmp_path / "be.bin") as f:
+        np.testing.assert_array_equal(f.tensors["w"].load(), np.arange(6, dtype=np.float32).reshape(2, 3))

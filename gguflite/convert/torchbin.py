@@ -158,8 +158,7 @@ class TorchBinFile:
         except CheckpointError:
             self.close()
             raise
-        except (zipfile.BadZipFile, pickle.UnpicklingError, EOFError, ValueError, TypeError,
-                IndexError, AttributeError, KeyError, struct.error, OverflowError) as e:
+        except Exception as e:  # noqa: BLE001  zipfile and pickle raise a dozen types on damaged input
             self.close()
             raise CheckpointError(f"corrupt PyTorch checkpoint: {type(e).__name__}: {e}", path=self.path) from None
 
@@ -219,6 +218,15 @@ class TorchBinFile:
         return np.frombuffer(self._map, t.storage.np_dtype, count=t.storage.numel, offset=start)
 
     def _view(self, t: TorchTensor) -> np.ndarray:
+        try:
+            return self._strided(t)
+        except CheckpointError:
+            raise
+        except Exception as e:  # noqa: BLE001  a damaged compressed record (zlib, CRC, method)
+            raise CheckpointError(f"corrupt storage record: {type(e).__name__}: {e}", path=self.path,
+                                  tensor=t.name) from None
+
+    def _strided(self, t: TorchTensor) -> np.ndarray:
         if self._map.closed:
             raise CheckpointError("file is closed", path=self.path, tensor=t.name)
         if not all(t.shape):
