@@ -435,6 +435,9 @@ def test_f16_and_bf16_outputs_round_as_torch_does_and_llama_cpp_runs_them(fixtur
         np.testing.assert_array_equal(np.asarray(t.data).view(np.uint16).reshape(ref.shape),
                                       ref.view(torch.int16).numpy().view(np.uint16))
         assert got["blk.0.attn_norm.weight"].tensor_type == gguf.GGMLQuantizationType.F32
+        mm_types = {n: t.tensor_type for n, t in _tensors(mm).items()}
+        assert mm_types["v.position_embd.weight"] == mm_types["v.class_embd"] == gguf.GGMLQuantizationType.F32
+        assert mm_types["v.patch_embd.weight"] == gguf.GGMLQuantizationType.F16
         assert _value(_fields(llm)["general.file_type"]) == {"f16": 1, "bf16": 32}[outtype]
         logits = _llama_cpp_logits(llm, PROMPT)
         np.testing.assert_allclose(logits, want, atol=0.05 * np.abs(want).max(), rtol=0)

@@ -20,8 +20,8 @@ What happens, in order (nothing is written until everything has been checked):
    renames both into place.  Any failure (or Ctrl-C) removes both: both outputs or neither.
 
 Tensor types: 1-D tensors (norms, biases, class embedding, image_newline) stay F32 as
-llama.cpp expects; convolution kernels are F16 (ggml's conv/im2col paths want F16 kernels);
-the position embedding follows f32/f16 (F16 for the other outtypes); 2-D weights take
+llama.cpp expects, and so are the class and position embeddings; convolution kernels are
+F16 (ggml's conv/im2col paths want F16 kernels, as the legacy converter wrote); 2-D weights take
 ``outtype``, falling back to F16 when a row is not a whole number of quant blocks.
 ``q4_k_m`` follows llama.cpp's mix: Q6_K for ``output.weight`` and for ``attn_v``/
 ``ffn_down`` in the first and last eighth of the layers and every third layer, Q4_K
@@ -201,12 +201,10 @@ def _fit(wtype: GGMLType, shape) -> GGMLType:
 
 
 def _mmproj_type(gname: str, shape, outtype: str, is_conv: bool) -> GGMLType:
-    if len(shape) == 1 or gname == "v.class_embd":
-        return GGMLType.F32
+    if len(shape) == 1 or gname in ("v.class_embd", "v.position_embd.weight"):
+        return GGMLType.F32  # added to F32 activations; small
     if is_conv:
         return GGMLType.F16
-    if gname == "v.position_embd.weight":
-        return GGMLType.F32 if outtype == "f32" else GGMLType.F16
     wtype = OUTTYPES[outtype][1]
     if TYPE_TRAITS[wtype].quantized:
         wtype = GGMLType.Q8_0  # the vision tower is small and sensitive: 8 bits whatever the LLM gets
