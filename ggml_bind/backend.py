@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from dataclasses import dataclass
 
 from . import lib as _lib
@@ -205,39 +206,49 @@ class Scheduler:
         self.backends = tuple(backends)
         self.graph_size = graph_size
         self.current = None  # the Graph whose tensors the sched's buffers hold now
+        # One graph at a time: cffi releases the GIL during C calls, and two threads
+        # allocating or computing on one sched would corrupt it.
+        self.lock = threading.RLock()
+
+    def _release_current(self) -> None:
+        """The sched's buffers no longer hold the current graph's tensors."""
+        if self.current is not None:
+            self.current._allocated = False
+        self.current = None
 
     def reserve(self, graph) -> None:
-        """Size the compute buffers for ``graph`` (the worst case), once, ahead of use."""
-        graph._check_sched(self)
-        if not _lib.C().ggml_backend_sched_reserve(self.ptr, graph.ptr):
-            raise GGMLMemoryError("ggml_backend_sched_reserve failed (out of device memory?)")
-        self.current = None
+        """Size the compute buffers for ``graph`` (the worst case), once, ahead of use.
+        The graph allocated before (if any) is released and re-allocated on its next use."""
+        with self.lock:
+            graph._check_sched(self)
+            self._release_current()
+            if not _lib.C().ggml_backend_sched_reserve(self.ptr, graph.ptr):
+                raise GGMLMemoryError("ggml_backend_sched_reserve failed (out of device memory?)")
 
     def alloc(self, graph) -> None:
         """Assign and allocate every tensor of ``graph`` in the compute buffers."""
         C = _lib.C()
-        graph._check_sched(self)
-        C.ggml_backend_sched_reset(self.ptr)
-        if self.current is not None:
-            self.current._allocated = False
-        self.current = None
-        if not C.ggml_backend_sched_alloc_graph(self.ptr, graph.ptr):
-            raise GGMLMemoryError("ggml_backend_sched_alloc_graph failed (out of memory?)")
-        self.current = graph
+        with self.lock:
+            graph._check_sched(self)
+            C.ggml_backend_sched_reset(self.ptr)
+            self._release_current()
+            if not C.ggml_backend_sched_alloc_graph(self.ptr, graph.ptr):
+                raise GGMLMemoryError("ggml_backend_sched_alloc_graph failed (out of memory?)")
+            self.current = graph
 
     def compute(self, graph) -> None:
         C, ffi = _lib.C(), _lib.ffi()
-        if self.current is not graph:
-            raise GGMLComputeError("graph is not allocated in this scheduler (call alloc first)")
-        status = C.ggml_backend_sched_graph_compute(self.ptr, graph.ptr)
+        with self.lock:
+            if self.current is not graph:
+                raise GGMLComputeError("graph is not allocated in this scheduler (call alloc first)")
+            status = C.ggml_backend_sched_graph_compute(self.ptr, graph.ptr)
         if status != C.GGML_STATUS_SUCCESS:
             raise GGMLComputeError(f"graph compute failed: {ffi.string(C.ggml_status_to_string(status)).decode()}")
 
     def reset(self) -> None:
-        _lib.C().ggml_backend_sched_reset(self.ptr)
-        if self.current is not None:
-            self.current._allocated = False
-        self.current = None
+        with self.lock:
+            _lib.C().ggml_backend_sched_reset(self.ptr)
+            self._release_current()
 
     def buffer_size(self, backend: Backend) -> int:
         return int(_lib.C().ggml_backend_sched_get_buffer_size(self.ptr, backend.ptr))

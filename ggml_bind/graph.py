@@ -198,7 +198,13 @@ class Graph:
                 t.set(a)  # casts, or a precise error
 
     def compute(self, inputs: dict | None = None, outputs: list[str] | None = None) -> dict[str, np.ndarray]:
-        """Set ``inputs``, run the graph, return the named outputs as numpy arrays."""
+        """Set ``inputs``, run the graph, return the named outputs as numpy arrays.
+
+        Thread-safe per scheduler: calls on graphs sharing a scheduler run one at a time."""
+        with self.sched.lock:
+            return self._compute(inputs, outputs)
+
+    def _compute(self, inputs, outputs):
         self.ctx.check_deps()
         self.set_inputs(inputs or {})
         self.sched.compute(self)

@@ -599,3 +599,45 @@ def test_the_documented_usage_runs_on_a_gguflite_file(tmp_path):
         close(g.compute({"x": x})["y"], want, atol=5e-3, rtol=1e-3)
     g.free()
     W.free()
+
+
+def test_a_graph_computes_again_after_another_graph_reserved_the_scheduler():
+    sched = Scheduler([Backend("cpu", n_threads=1)], graph_size=16)
+
+    def build_for(n):
+        return lambda ctx: {"y": ops.scale(ctx, ctx.input("x", "f32", (n,)), 2.0)}
+
+    first = Graph(sched, build_for(8), max_nodes=4)
+    x = np.arange(8, dtype=np.float32)
+    np.testing.assert_array_equal(first.compute({"x": x})["y"], 2 * x)
+    second = Graph(sched, build_for(1 << 16), max_nodes=4)  # reserve: releases `first`
+    np.testing.assert_array_equal(first.compute({"x": x})["y"], 2 * x)  # re-allocated, not an error
+    np.testing.assert_array_equal(second.compute({"x": np.ones(1 << 16, np.float32)})["y"], 2)
+    first.free()
+    second.free()
+
+
+def test_graphs_on_one_scheduler_can_be_computed_from_several_threads():
+    import threading
+
+    sched = Scheduler([Backend("cpu", n_threads=1)], graph_size=16)
+    graphs = [Graph(sched, lambda ctx, k=k: {"y": ops.scale(ctx, ctx.input("x", "f32", (64,)), float(k))},
+                    max_nodes=4) for k in range(1, 4)]
+    errors = []
+
+    def work(k, g):
+        try:
+            for _ in range(30):
+                x = np.full(64, 1.0, np.float32)
+                np.testing.assert_array_equal(g.compute({"x": x})["y"], float(k))
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(k, g)) for k, g in enumerate(graphs, 1)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+    for g in graphs:
+        g.free()
