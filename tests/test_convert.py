@@ -705,6 +705,7 @@ def test_the_command_writes_both_files_and_prints_their_paths(fixtures, tmp_path
     assert rc == 0
     assert out.split() == [str(tmp_path / "mobilevlm-v1-f16.gguf"), str(tmp_path / "mmproj-mobilevlm-v1-f16.gguf")]
     assert "tensors" in err  # the progress bar
+    assert "not written (" in err and "text_model." in err  # the CLIP text tower, reported
 
 
 def test_the_standalone_entry_point_runs_the_same_command(fixtures, tmp_path, capsys):

@@ -9,7 +9,8 @@ What happens, in order (nothing is written until everything has been checked):
 1. ``Checkpoint`` opens the weights lazily (safetensors / restricted .bin, sharded or not);
    ``layouts.detect`` reads config.json and refuses unknown layouts.
 2. Every source tensor is split into llm / vision / projector / newline and named through
-   ``gguflite.names``; unknown names are errors, known-but-unused ones are listed as dropped.
+   ``gguflite.names``; unknown names are errors; known ones llama.cpp does not use (the text
+   tower, post-LN, blocks after the selected layer, RoPE buffers) are reported on stderr.
 3. Shapes are checked against the configs (LLM and tower), and the projector's input/output
    widths against the tower width and the LLM's ``n_embd``.
 4. The vision tower is cut to the layer LLaVA reads: ``hidden_states[select]`` (-2 → the
@@ -19,9 +20,9 @@ What happens, in order (nothing is written until everything has been checked):
    ``outdir``, re-opens them and compares every key, tensor and data CRC32, and only then
    renames both into place.  Any failure (or Ctrl-C) removes both: both outputs or neither.
 
-Tensor types: 1-D tensors (norms, biases, class embedding, image_newline) stay F32 as
-llama.cpp expects, and so are the class and position embeddings; convolution kernels are
-F16 (ggml's conv/im2col paths want F16 kernels, as the legacy converter wrote); 2-D weights take
+Tensor types: 1-D tensors (norms, biases, class embedding, image_newline) and the position
+embedding stay F32 as llama.cpp expects; convolution kernels are F16 (ggml's conv/im2col
+paths want F16 kernels, as the legacy converter wrote); 2-D weights take
 ``outtype``, falling back to F16 when a row is not a whole number of quant blocks.
 ``q4_k_m`` follows llama.cpp's mix: Q6_K for ``output.weight`` and for ``attn_v``/
 ``ffn_down`` in the first and last eighth of the layers and every third layer, Q4_K
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 
 import numpy as np
 
@@ -82,14 +84,18 @@ def convert_llava(model_dir, *, vision_tower=None, outdir=None, outtype: str = "
         tower_dir, tower_cfg = _tower(layout, parts, vision_tower, model_dir, opened)
         layout.vision = vision_params(layout, tower_cfg, tower_dir,
                                       {k: t.shape for k, t in parts["vision"].items()}, model_dir)
-        llm_plan = _plan_llm(layout, parts["llm"], outtype)
-        mm_plan = _plan_mmproj(layout, parts, outtype)
+        dropped: list[str] = []
+        llm_plan = _plan_llm(layout, parts["llm"], outtype, dropped)
+        mm_plan = _plan_mmproj(layout, parts, outtype, dropped)
         for p in (llm_path, mmproj_path):
             if _same_file_in(p, [model_dir, tower_dir]):
                 raise CheckpointError("output would be written inside a source folder", path=p)
         llm_meta = _llm_metadata(layout, name, outtype, model_dir)
         mm_meta = _mmproj_metadata(layout, name, outtype)
         os.makedirs(outdir, exist_ok=True)
+        if progress and dropped:
+            shown = ", ".join(dropped[:4]) + (", ..." if len(dropped) > 4 else "")
+            print(f"not written ({len(dropped)} tensors llama.cpp does not use): {shown}", file=sys.stderr)
         write_both([(llm_path, llm_meta, llm_plan), (mmproj_path, mm_meta, mm_plan)], progress)
     except GGUFError as e:
         raise e.with_path(model_dir)  # name the checkpoint when the raiser knew no file
@@ -146,7 +152,7 @@ def _fail_shape(part: str, gname: str, src, want) -> CheckpointError:
                            path=getattr(getattr(src, "_file", None), "path", None), tensor=src.name)
 
 
-def _plan_llm(layout: Layout, tensors: dict, outtype: str) -> list[PlannedTensor]:
+def _plan_llm(layout: Layout, tensors: dict, outtype: str, dropped: list) -> list[PlannedTensor]:
     tp = layout.text
     q, kv = tp.n_head * tp.head_dim, tp.n_head_kv * tp.head_dim
     expect = {"token_embd.weight": (tp.n_vocab, tp.n_embd), "output_norm.weight": (tp.n_embd,),
@@ -161,6 +167,7 @@ def _plan_llm(layout: Layout, tensors: dict, outtype: str) -> list[PlannedTensor
     for local, t in tensors.items():
         gname, permute = names.map_name(names.LLAMA, local)
         if gname is None:
+            dropped.append(t.name)
             continue
         if gname not in expect:
             raise CheckpointError(f"{gname} is outside the {tp.n_layer}-layer model of config.json", tensor=t.name)
@@ -211,7 +218,7 @@ def _mmproj_type(gname: str, shape, outtype: str, is_conv: bool) -> GGMLType:
     return _fit(wtype, shape)
 
 
-def _plan_mmproj(layout: Layout, parts, outtype: str) -> list[PlannedTensor]:
+def _plan_mmproj(layout: Layout, parts, outtype: str, dropped: list) -> list[PlannedTensor]:
     vp, n_embd = layout.vision, layout.text.n_embd
     keep = layout.feature_layer
     d, f = vp.hidden, vp.n_ff
@@ -228,6 +235,7 @@ def _plan_mmproj(layout: Layout, parts, outtype: str) -> list[PlannedTensor]:
     for local, t in parts["vision"].items():
         gname, _ = names.map_name(names.CLIP_VISION, local)
         if gname is None:
+            dropped.append(t.name)
             continue
         if gname not in expect:
             raise CheckpointError(f"{gname} is outside the {vp.n_layer}-layer tower of {vp.source}", tensor=t.name)
@@ -235,6 +243,7 @@ def _plan_mmproj(layout: Layout, parts, outtype: str) -> list[PlannedTensor]:
             raise _fail_shape("vision", gname, t, expect[gname])
         m = re.match(r"v\.blk\.(\d+)\.", gname)
         if m and int(m.group(1)) >= keep:
+            dropped.append(t.name)
             continue  # after hidden_states[select]: never run
         plan.append(PlannedTensor(gname, t, tuple(t.shape),
                                   _mmproj_type(gname, t.shape, outtype, len(t.shape) == 4)))
