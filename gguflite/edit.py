@@ -23,7 +23,7 @@ import numpy as np
 
 from .errors import DuplicateTensor, GGUFError, WriteError
 from .reader import Field, GGUFFile
-from .types import GGML_MAX_NAME, ValueType
+from .types import GGML_MAX_NAME, ValueType, align_up
 from .writer import GGUFWriter, _normalize, _resolve_type, infer_type
 
 __all__ = ["Editor"]
@@ -116,8 +116,9 @@ class Editor:
         same_tensors = [src.tensors[o].nbytes for o in self._tensors.values()] == [t.nbytes for t in src.tensors.values()] \
             and list(self._tensors.values()) == list(src.tensors)
         header = w.header_bytes()
-        if in_place and out is None and same_tensors and len(header) == src.data_offset and src.size >= src.data_offset:
-            old = bytes(src._mm[: src.data_offset])
+        old_len = align_up(src.infos_end, src.alignment)  # the old header with its padding
+        if in_place and out is None and same_tensors and len(header) == old_len and src.size >= old_len:
+            old = bytes(src._mm[:old_len])
             src.close()
             self._write_in_place(old, header)
             self.mode = "in-place"

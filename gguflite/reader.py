@@ -660,7 +660,8 @@ class GGUFFile:
                     raise BadTensorInfo("byte size overflows size_t", path=self.path, offset=type_at, tensor=name)
             raw_infos.append((name, tuple(reversed(ne)), ttype, offset, nbytes, n_el, start, off_at))
         self.infos_end = p.pos
-        self.data_offset = align_up(p.pos, alignment)
+        # as in ggml: the data section is aligned only when there are tensors
+        self.data_offset = align_up(p.pos, alignment) if n_tensors else p.pos
         if n_tensors and self.data_offset > self.size:
             raise TruncatedFile(p.pos, self.data_offset - p.pos, self.size - p.pos, "padding before data", path=self.path)
 

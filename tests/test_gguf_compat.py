@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 import gguflite
 from gguflite import GGUFWriter, ValueType as V
-from gguflite.types import TYPE_TRAITS
+from gguflite.types import TYPE_TRAITS, VALUE_DTYPES
 from tests.gguf_builders import keys, tensors, typed_values
 
 gguf = pytest.importorskip("gguf", reason="the gguf package (test peer) is not installed")
@@ -151,3 +151,115 @@ def test_an_unknown_tensor_type_that_breaks_gguf_py_is_readable_here(tmp_path):
         gguf.GGUFReader(str(tmp_path / "u.gguf"))
     with gguflite.open(tmp_path / "u.gguf") as f:
         assert bytes(f.tensors["future"].data) == b"\x05" * 32
+
+
+# --------------------------------------------------------------------------- ggml's C reader
+
+
+@pytest.fixture(scope="module")
+def cgguf():
+    """libggml's own gguf_init_from_file (through ggml_bind's cffi), the reader llama.cpp uses."""
+    try:
+        from ggml_bind import lib
+
+        return lib.C(), lib.ffi()
+    except Exception as e:  # noqa: BLE001  (GGMLLoadError or a missing ggml_bind: say why)
+        pytest.skip(f"libggml is not available: {e}")
+
+
+def c_read(cgguf, path):
+    """Everything ggml's C reader sees in ``path`` (None if it refuses the file)."""
+    C, ffi = cgguf
+    pctx = ffi.new("struct ggml_context **")
+    params = ffi.new("struct gguf_init_params *")
+    params.no_alloc = True
+    params.ctx = pctx
+    ctx = C.gguf_init_from_file(str(path).encode(), params[0])
+    if ctx == ffi.NULL:
+        return None
+    try:
+        getters = {V.UINT8: C.gguf_get_val_u8, V.INT8: C.gguf_get_val_i8, V.UINT16: C.gguf_get_val_u16,
+                   V.INT16: C.gguf_get_val_i16, V.UINT32: C.gguf_get_val_u32, V.INT32: C.gguf_get_val_i32,
+                   V.FLOAT32: C.gguf_get_val_f32, V.UINT64: C.gguf_get_val_u64, V.INT64: C.gguf_get_val_i64,
+                   V.FLOAT64: C.gguf_get_val_f64, V.BOOL: C.gguf_get_val_bool}
+        md = {}
+        for i in range(C.gguf_get_n_kv(ctx)):
+            key = ffi.string(C.gguf_get_key(ctx, i)).decode("utf-8", "surrogateescape")
+            vt = V(C.gguf_get_kv_type(ctx, i))
+            if vt == V.ARRAY:
+                et = V(C.gguf_get_arr_type(ctx, i))
+                n = C.gguf_get_arr_n(ctx, i)
+                if et == V.STRING:
+                    val = [ffi.string(C.gguf_get_arr_str(ctx, i, j)).decode("utf-8", "surrogateescape") for j in range(n)]
+                else:
+                    dt = VALUE_DTYPES[et]
+                    raw = bytes(ffi.buffer(C.gguf_get_arr_data(ctx, i), n * dt.itemsize)) if n else b""
+                    val = np.frombuffer(raw, dt).astype(bool if et == V.BOOL else dt).tolist()
+                md[key] = (vt, et, val)
+            elif vt == V.STRING:
+                md[key] = (vt, None, ffi.string(C.gguf_get_val_str(ctx, i)).decode("utf-8", "surrogateescape"))
+            else:
+                v = getters[vt](ctx, i)
+                md[key] = (vt, None, bool(v) if vt == V.BOOL else v)
+        ts = []
+        for i in range(C.gguf_get_n_tensors(ctx)):
+            name = ffi.string(C.gguf_get_tensor_name(ctx, i)).decode()
+            t = C.ggml_get_tensor(pctx[0], name.encode())
+            ts.append((name, tuple(t.ne), C.gguf_get_tensor_type(ctx, i), C.gguf_get_tensor_offset(ctx, i),
+                       C.gguf_get_tensor_size(ctx, i)))
+        return {"md": md, "tensors": ts, "alignment": C.gguf_get_alignment(ctx),
+                "data_offset": C.gguf_get_data_offset(ctx), "version": C.gguf_get_version(ctx)}
+    finally:
+        C.gguf_free(ctx)
+        if pctx[0] != ffi.NULL:
+            C.ggml_free(pctx[0])
+
+
+def _no_nul(v):
+    """C strings stop at NUL: compare only what C can return."""
+    if isinstance(v, str):
+        return v.split("\0")[0]
+    if isinstance(v, list):
+        return [_no_nul(x) for x in v]
+    return v
+
+
+@settings(max_examples=25)
+@given(c=content, alignment=st.sampled_from([None, 1, 8, 64]))
+def test_ggml_c_reader_sees_the_same_keys_values_and_tensors_in_our_files(tmp_path_factory, cgguf, c, alignment):
+    md, ts = c
+    path = tmp_path_factory.mktemp("c") / "ours.gguf"
+    our_write(path, md, ts, alignment=alignment)
+    theirs = c_read(cgguf, path)
+    assert theirs is not None, "ggml refused a file we wrote"
+    with gguflite.open(path) as f:
+        assert (theirs["version"], theirs["alignment"], theirs["data_offset"]) == (3, f.alignment, f.data_offset)
+        assert list(theirs["md"]) == list(f.fields)
+        for k, (vt, et, v) in theirs["md"].items():
+            fld = f.fields[k]
+            assert (vt, et) == (fld.type, fld.elem_type), k
+            ours = f.metadata[k]
+            ours = ours.tolist() if isinstance(ours, (np.ndarray, gguflite.StringArray)) else ours
+            assert _no_nul(v) == _no_nul(ours) or (vt == V.FLOAT32 and np.float32(v) == np.float32(ours)), k
+        want = [(t.name, tuple(reversed(t.shape)) + (1,) * (4 - len(t.shape)), t.type, t.offset, t.nbytes)
+                for t in f.tensors.values()]
+        assert theirs["tensors"] == want
+
+
+# files ggml's reader accepts and we refuse, on purpose (documented in gguflite/reader.py):
+STRICTER_THAN_GGML = {
+    "key not UTF-8": "keys must be UTF-8",
+    "bool 2": "a BOOL is 0 or 1",
+    "byte size past the end": "ggml checks tensor data against the file only when it loads the data",
+}
+
+
+def test_every_hostile_file_ggml_refuses_we_refuse_too_and_the_exceptions_are_known(tmp_path, cgguf):
+    from tests.test_hostile_gguf import HOSTILE
+
+    for name, (raw, error) in HOSTILE.items():
+        p = tmp_path / "h.gguf"
+        p.write_bytes(raw)
+        with pytest.raises(error):
+            gguflite.open(p)
+        assert (c_read(cgguf, p) is None) == (name not in STRICTER_THAN_GGML), name
