@@ -22,6 +22,15 @@ Unknown tensor type ids (a newer ggml, or a removed id) do not make the file unr
 such a tensor is exposed as raw bytes.  Its byte size cannot be computed, so it is taken
 to be the gap up to the next tensor's offset (or to the end of the file for the last
 one), trailing alignment padding included.
+
+Where this differs from ggml's C reader (tests/test_gguf_compat.py checks both ways):
+it also reads GGUF v1, big-endian files, unknown tensor types and nested arrays (kept
+lazily, at most ``MAX_NESTING`` deep); it is stricter in refusing keys and tensor names
+that are not UTF-8 and BOOL values other than 0 and 1, and in checking at open that every
+tensor's bytes are inside the file (the last tensor's trailing padding may be missing).
+String values are decoded with ``surrogateescape`` so that invalid UTF-8 survives a round
+trip; ``validate()`` reports it.  With no tensors, ``data_offset`` is the end of the
+header, unpadded, as in ggml.
 """
 from __future__ import annotations
 
