@@ -782,3 +782,60 @@ def test_bf16_checkpoints_convert_exactly(fixtures, tmp_path):
             checked += 1
     assert checked == 4
     assert np.isfinite(_llama_cpp_logits(llm, PROMPT)).all()
+
+
+# --------------------------------------------------------------------------- real configs
+
+
+LLAVA_HF_15_7B = {  # llava-hf/llava-1.5-7b-hf config.json: text_config leaves LlamaConfig defaults out
+    "architectures": ["LlavaForConditionalGeneration"], "ignore_index": -100, "image_token_index": 32000,
+    "model_type": "llava", "pad_token_id": 32001, "projector_hidden_act": "gelu",
+    "text_config": {"architectures": ["LlamaForCausalLM"], "max_position_embeddings": 4096, "model_type": "llama",
+                    "rms_norm_eps": 1e-05, "torch_dtype": "float16", "vocab_size": 32064},
+    "tie_word_embeddings": False, "torch_dtype": "float16", "transformers_version": "4.36.0.dev0",
+    "vision_config": {"hidden_size": 1024, "image_size": 336, "intermediate_size": 4096,
+                      "model_type": "clip_vision_model", "num_attention_heads": 16, "num_hidden_layers": 24,
+                      "patch_size": 14, "projection_dim": 768, "vocab_size": 32000},
+    "vision_feature_layer": -2, "vision_feature_select_strategy": "default", "vocab_size": 32064}
+LLAVA_NEXT_MISTRAL_7B = {  # llava-hf/llava-v1.6-mistral-7b-hf
+    "architectures": ["LlavaNextForConditionalGeneration"], "ignore_index": -100, "image_grid_pinpoints": PINPOINTS,
+    "image_token_index": 32000, "model_type": "llava_next", "projector_hidden_act": "gelu",
+    "text_config": {"architectures": ["MistralForCausalLM"], "intermediate_size": 14336,
+                    "max_position_embeddings": 32768, "model_type": "mistral", "num_key_value_heads": 8,
+                    "rms_norm_eps": 1e-05, "rope_theta": 1000000.0, "sliding_window": None,
+                    "torch_dtype": "bfloat16", "vocab_size": 32064},
+    "torch_dtype": "float16", "use_image_newline_parameter": True,
+    "vision_config": {"hidden_size": 1024, "image_size": 336, "intermediate_size": 4096,
+                      "model_type": "clip_vision_model", "num_attention_heads": 16, "num_hidden_layers": 24,
+                      "patch_size": 14, "projection_dim": 768, "vocab_size": 32000},
+    "vision_feature_layer": -2, "vision_feature_select_strategy": "default", "vocab_size": 32064}
+
+
+@pytest.mark.parametrize("config, cls", [(LLAVA_HF_15_7B, "LlavaConfig"), (LLAVA_NEXT_MISTRAL_7B, "LlavaNextConfig")])
+def test_hyperparameters_resolve_as_transformers_resolves_the_real_configs(config, cls):
+    import transformers
+
+    from gguflite.convert.layouts import detect, vision_params
+
+    ref = getattr(transformers, cls)(**{k: v for k, v in config.items() if k not in ("architectures", "model_type")})
+    layout = detect("/nonexistent", json.loads(json.dumps(config)))
+    t, rt = layout.text, ref.text_config
+    assert (t.n_vocab, t.n_embd, t.n_ff, t.n_layer, t.n_head, t.n_head_kv, t.n_ctx) == (
+        rt.vocab_size, rt.hidden_size, rt.intermediate_size, rt.num_hidden_layers, rt.num_attention_heads,
+        rt.num_key_value_heads, rt.max_position_embeddings)
+    assert t.rms_eps == pytest.approx(rt.rms_norm_eps)
+    rope = rt.rope_parameters["rope_theta"] if getattr(rt, "rope_parameters", None) else rt.rope_theta
+    assert t.rope_theta == pytest.approx(rope)
+    rv = ref.vision_config
+    d, n, f = rv.hidden_size, rv.num_hidden_layers, rv.intermediate_size
+    shapes = {"vision_model.embeddings.class_embedding": (d,),
+              "vision_model.embeddings.patch_embedding.weight": (d, 3, rv.patch_size, rv.patch_size),
+              "vision_model.embeddings.position_embedding.weight": ((rv.image_size // rv.patch_size) ** 2 + 1, d),
+              **{f"vision_model.encoder.layers.{i}.mlp.fc1.weight": (f, d) for i in range(n)}}
+    vp = vision_params(layout, None, None, shapes)
+    assert (vp.hidden, vp.n_ff, vp.n_layer, vp.n_head, vp.image_size, vp.patch_size, vp.hidden_act) == (
+        d, f, n, rv.num_attention_heads, rv.image_size, rv.patch_size, rv.hidden_act)
+    assert vp.eps == pytest.approx(rv.layer_norm_eps)
+    layout.vision = vp
+    assert layout.feature_layer == 23 == n + ref.vision_feature_layer + 1
+    assert layout.grid_pinpoints == getattr(ref, "image_grid_pinpoints", None)
