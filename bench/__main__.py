@@ -11,6 +11,11 @@ def main(argv=None) -> int:
     here = Path(__file__).resolve().parent
     sys.path.insert(0, str(here.parent))
     names = sorted(m.name for m in pkgutil.iter_modules([str(here)]) if m.name.startswith("bench_"))
+    unknown = sorted(w for w in wanted if w not in names and f"bench_{w}" not in names)
+    if unknown:
+        print(f"no benchmark named {', '.join(unknown)}; available: "
+              + ", ".join(n[len("bench_"):] for n in names), file=sys.stderr)
+        return 2
     status = 0
     for name in names:
         if wanted and name not in wanted and name[len("bench_"):] not in wanted:
