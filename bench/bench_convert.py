@@ -144,7 +144,7 @@ def section(ours, legacy, args) -> str:
     src_bytes = sum(os.path.getsize(p) for d in (args._m.llava_dir, args._m.clip_dir)
                     for p in glob.glob(os.path.join(d, "*.bin")))
     return (f"## Conversion (LLaVA-1.5 checkpoint -> GGUF)\n\n"
-            f"Measured {report.stamp()} with size `{args.size}`: source written by "
+            f"Measured {report.stamp()} ({report.load_note()}) with size `{args.size}`: source written by "
             f"`python -m bench.make_models DIR --size {args.size} --source --no-gguf` "
             f"({src_bytes / 2**30:.2f} GiB of .bin: LLaMA n_embd {llm.n_embd}, {llm.n_layer} layers, "
             f"vocab {llm.n_vocab}, 2 torch.save shards; two-tower CLIP {clip.width} wide, {clip.layers} layers, "
@@ -158,7 +158,7 @@ def section(ours, legacy, args) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.bench_convert", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--size", choices=list(make_models.SIZES), default="small")
+    ap.add_argument("--size", choices=list(make_models.SIZES), default=report.default_size("small"))
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--models", default=os.path.join(CACHE, "models"))
     ap.add_argument("--no-doc", action="store_true", help="print the table, do not touch docs/BENCHMARKS.md")

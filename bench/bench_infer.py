@@ -222,7 +222,7 @@ def rows(ours: dict, peer: dict, args, machine: str) -> list[report.Row]:
 def section(rws: list[report.Row], args, m: make_models.Models) -> str:
     clip, llm = make_models.SIZES[args.size]
     return (f"## Inference ({args.device.upper()})\n\n"
-            f"Measured {report.stamp()} with size `{args.size}`: CLIP {clip.width} wide, "
+            f"Measured {report.stamp()} ({report.load_note()}) with size `{args.size}`: CLIP {clip.width} wide, "
             f"{clip.layers - 1} blocks run, 336 px / 14 px + mlp projector; LLaMA n_embd {llm.n_embd}, "
             f"{llm.n_layer} layers, {llm.n_head}/{llm.n_head_kv} heads, n_ff {llm.n_ff}, vocab {llm.n_vocab}; "
             f"all F16, random weights (`python -m bench.make_models DIR --size {args.size}`). "
@@ -233,8 +233,8 @@ def section(rws: list[report.Row], args, m: make_models.Models) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.bench_infer", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--size", choices=[s for s in make_models.SIZES], default="small")
-    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--size", choices=[s for s in make_models.SIZES], default=report.default_size("small"))
+    ap.add_argument("--device", default=report.default_device(), help="cpu or cuda")
     ap.add_argument("--threads", type=int, default=report.available_cores())
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--prompt", type=int, default=128)

@@ -73,7 +73,7 @@ def section(r: dict, args) -> str:
            f"--prompt {args.prompt} --gen {args.gen}")
     verdict = "met" if r["overhead_frac"] < 0.05 else "NOT met"
     return (f"## Decode profile ({args.device.upper()})\n\n"
-            f"Measured {report.stamp()} with size `{args.size}` (LLaMA n_embd {llm.n_embd}, {llm.n_layer} layers, "
+            f"Measured {report.stamp()} ({report.load_note()}) with size `{args.size}` (LLaMA n_embd {llm.n_embd}, {llm.n_layer} layers, "
             f"{llm.n_head}/{llm.n_head_kv} heads, n_ff {llm.n_ff}, vocab {llm.n_vocab}, F16, random weights), "
             f"{args.threads} threads, after a {args.prompt}-token prompt; medians over {r['n']} decoded tokens. "
             f"Machine: {report.machine(args.device)}. Command: `{cmd}`.\n\n"
@@ -84,13 +84,15 @@ def section(r: dict, args) -> str:
             f"| Python + binding overhead (mask, inputs, logits copy, argmax) | {r['overhead_ms']:.2f} | "
             f"{100 * r['overhead_frac']:.2f}% (max {100 * r['overhead_frac_max']:.2f}%) |\n"
             f"| of which argmax over the logits | {r['argmax_ms']:.3f} | |\n\n"
-            f"Target: overhead < 5% of a token's time at the 1.1B shape on CPU: **{verdict}** at this size.\n")
+            f"Target: overhead < 5% of a token's time at the 1.1B shape on CPU: **{verdict}** at this size. "
+            "A busy machine stretches the compute time, not the overhead: compare the overhead in "
+            "ms with the step time of an idle machine before trusting the share.\n")
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.profile_decode", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--size", choices=list(make_models.SIZES), default="full")
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--size", choices=list(make_models.SIZES), default=report.default_size("full"))
+    ap.add_argument("--device", default=report.default_device())
     ap.add_argument("--threads", type=int, default=report.available_cores())
     ap.add_argument("--prompt", type=int, default=64)
     ap.add_argument("--gen", type=int, default=32)

@@ -182,6 +182,25 @@ def machine(device: str = "cpu") -> str:
     return s
 
 
+def load_note() -> str:
+    """"load average X over N cores": how busy the machine was while measuring."""
+    try:
+        one, five, _ = os.getloadavg()
+    except OSError:
+        return "load average unknown"
+    return f"load average {one:.1f} (1 min) / {five:.1f} (5 min) on {available_cores()} cores"
+
+
+def default_size(fallback: str = "small") -> str:
+    """Model size for benches run without arguments (``make bench``): $GGUFLITE_BENCH_SIZE."""
+    return os.environ.get("GGUFLITE_BENCH_SIZE", fallback)
+
+
+def default_device() -> str:
+    """Device for benches run without arguments: $GGUFLITE_BENCH_DEVICE (default cpu)."""
+    return os.environ.get("GGUFLITE_BENCH_DEVICE", "cpu")
+
+
 # --------------------------------------------------------------------------- table
 
 
@@ -234,7 +253,7 @@ def table_row(r: Row) -> str:
         target = "-"
     else:
         sign = "<=" if r.better == "lower" else ">="
-        target = f"{sign} {r.target:g} ({'met' if r.met else 'NOT met'})"
+        target = f"{sign} {r.target:.3g} ({'met' if r.met else 'NOT met'})"
     cmd = r.command.replace("|", "\\|")
     return (f"| {r.what} | {fmt(r.ours)} {r.unit} | {fmt(r.peer)} {r.unit} | {fmt(r.ratio)} | {target} | "
             f"{r.runs} | {r.threads if r.threads is not None else '-'} | {r.machine} | `{cmd}` |")
