@@ -3,13 +3,15 @@ does around it (building the mask and positions, copying inputs in, reading logi
 graph lookup, the argmax).
 
     python -m bench.profile_decode [--size full|small|7b] [--device cpu|cuda] [--threads N]
-                                   [--prompt 64] [--gen 32] [--models DIR] [--no-doc]
+                                   [--prompt 64] [--gen 32] [--bandwidth GBPS] [--models DIR] [--no-doc]
 
 The loop is ``LlamaModel.eval_tokens([tok])`` then ``np.argmax`` on the logits, as a greedy
 ``generate`` does.  ``compute`` is the time inside ``ggml_backend_sched_graph_compute`` (the
 scheduler's ``compute`` is wrapped with ``perf_counter`` on this instance only); ``overhead``
 is the rest of the step.  The issue's bound: overhead < 5% of a token's time at the 1.1B
-shape (``--size full``: TinyLlama-1.1B, F16) on CPU.  Model from ``bench.make_models``.
+shape (``--size full``: TinyLlama-1.1B, F16) on CPU.  Also printed: the weight bytes read per
+token over the step time (GB/s), as a share of ``--bandwidth`` when given (the issue's
+GPU bound: >= 70% at 7B F16).  Model from ``bench.make_models``.
 """
 from __future__ import annotations
 
@@ -58,13 +60,19 @@ def profile(llm_path: str, device: str, threads: int, n_prompt: int, n_gen: int)
         t2 = time.perf_counter()
         steps.append((t2 - t0, spent[0], t2 - t1))
     llm.free()
+    import gguflite
+
+    with gguflite.open(llm_path) as f:  # every weight is read once per token, but only one
+        # row of token_embd (get_rows)
+        weight_bytes = sum(t.nbytes for n, t in f.tensors.items() if n != "token_embd.weight")
     total = statistics.median(s[0] for s in steps)
     compute = statistics.median(s[1] for s in steps)
     argmax = statistics.median(s[2] for s in steps)
     over = [(s[0] - s[1]) / s[0] for s in steps]
     return {"total_ms": total * 1e3, "compute_ms": compute * 1e3, "argmax_ms": argmax * 1e3,
             "overhead_ms": statistics.median(s[0] - s[1] for s in steps) * 1e3,
-            "overhead_frac": statistics.median(over), "overhead_frac_max": max(over), "n": len(steps)}
+            "overhead_frac": statistics.median(over), "overhead_frac_max": max(over), "n": len(steps),
+            "weight_bytes": weight_bytes, "gbps": weight_bytes / total / 1e9}
 
 
 def section(r: dict, args) -> str:
@@ -84,6 +92,9 @@ def section(r: dict, args) -> str:
             f"| Python + binding overhead (mask, inputs, logits copy, argmax) | {r['overhead_ms']:.2f} | "
             f"{100 * r['overhead_frac']:.2f}% (max {100 * r['overhead_frac_max']:.2f}%) |\n"
             f"| of which argmax over the logits | {r['argmax_ms']:.3f} | |\n\n"
+            f"Weights read per token: {r['weight_bytes'] / 1e9:.2f} GB, i.e. {r['gbps']:.2f} GB/s effective"
+            + (f" = {100 * r['gbps'] / args.bandwidth:.0f}% of the {args.bandwidth:g} GB/s given with --bandwidth"
+               if args.bandwidth else "") + ".\n\n"
             f"Target: overhead < 5% of a token's time at the 1.1B shape on CPU: **{verdict}** at this size. "
             "A busy machine stretches the compute time, not the overhead: compare the overhead in "
             "ms with the step time of an idle machine before trusting the share.\n")
@@ -97,6 +108,8 @@ def main(argv=None) -> int:
     ap.add_argument("--prompt", type=int, default=64)
     ap.add_argument("--gen", type=int, default=32)
     ap.add_argument("--models", default=os.path.join(CACHE, "models"))
+    ap.add_argument("--bandwidth", type=float, default=None,
+                    help="the device's memory bandwidth in GB/s, to print decode as a share of it")
     ap.add_argument("--no-doc", action="store_true")
     args = ap.parse_args(argv)
     m = make_models.make(args.models, args.size)
