@@ -589,9 +589,12 @@ class GGUFFile:
         n_kv = p.length("KV count")
         # every KV takes at least 13 bytes, every tensor info at least 21: reject absurd
         # counts before looping over them
-        if n_kv * (2 * p.len_size - 3) > self.size or n_tensors * (p.len_size * 2 + 5) > self.size:
-            raise TruncatedFile(p.pos, n_kv + n_tensors, self.size - p.pos,
-                                f"{n_kv} KV pairs and {n_tensors} tensor infos", path=self.path)
+        # (loosely, against the whole file, so that the entries' own checks name the
+        # problem whenever the counts are merely a little off)
+        least = n_kv * (2 * p.len_size - 3) + n_tensors * (2 * p.len_size + 5)
+        if least > self.size:
+            raise TruncatedFile(p.pos, least, self.size - p.pos,
+                                f"{n_kv} KV pairs and {n_tensors} tensor infos (at least)", path=self.path)
         self.n_kv, self.n_tensors = n_kv, n_tensors
 
         fields: dict[str, Field] = {}
