@@ -132,9 +132,9 @@ def seqsum(a: np.ndarray, axis: int = -1, start_zero: bool = True) -> np.ndarray
 
 
 def row_reduce(f: np.ufunc, x: np.ndarray) -> np.ndarray:
-    """``f.reduce(x, axis=1)`` for an order-independent ``f`` (fmax, fmin, maximum) on rows
-    whose length is a power of two: halving with whole-array operations, several times
-    faster than numpy's per-row reduction of short rows."""
+    """``f.reduce(x, axis=1)`` for an order-independent ``f`` (maximum, minimum) on rows whose
+    length is a power of two: halving with whole-array operations, several times faster than
+    numpy's per-row reduction of short rows."""
     k = x.shape[1]
     if k & (k - 1) or k < 2:
         return f.reduce(x, axis=1)
@@ -145,16 +145,32 @@ def row_reduce(f: np.ufunc, x: np.ndarray) -> np.ndarray:
     return m[:, 0]
 
 
+def nan_ignoring(f: np.ufunc, x: np.ndarray, axis: int = 1) -> np.ndarray:
+    """Max or min (``f`` = ``np.maximum`` / ``np.minimum``) along ``axis`` ignoring NaN, as C's
+    ``if (v > m) m = v`` loops do; -inf/+inf for an all-NaN line.
+
+    Not ``np.fmax``/``np.fmin``: numpy 2.4's SIMD versions return NaN for a signaling NaN
+    operand (``fmax(1e38, 0x7f800001)`` is NaN), which the C loops never do.  The propagating
+    reduction finds the lines with a NaN; only those take the masked pass."""
+    m = row_reduce(f, x) if axis == 1 else f.reduce(x, axis=axis)
+    bad = np.isnan(m)
+    if bad.any():
+        fill = F32(-np.inf) if f is np.maximum else F32(np.inf)
+        sub = x[bad] if axis == 1 else x[:, bad]
+        m[bad] = f.reduce(np.where(np.isnan(sub), fill, sub), axis=axis)
+    return m
+
+
 def first_abs_max(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per row of ``x`` (n, k): ``amax`` and the signed ``max`` as in ``if (amax < fabsf(v))
     {amax = fabsf(v); max = v;}`` from 0: first occurrence, NaN never chosen, +0.0 default.
 
     Fast path from the row max and min; rows where both +a and -a reach the top magnitude
     look up which came first."""
-    hi = row_reduce(np.fmax, x)
-    lo = row_reduce(np.fmin, x)
+    hi = nan_ignoring(np.maximum, x)
+    lo = nan_ignoring(np.minimum, x)
     nlo = -lo
-    amax = np.fmax(hi, nlo)  # NaN only for all-NaN rows
+    amax = np.maximum(hi, nlo)  # -inf for all-NaN rows
     amax = np.where(amax > 0, amax, F32(0))
     mx = np.where(hi >= nlo, hi, lo)
     tie = (hi == nlo) & (amax > 0)

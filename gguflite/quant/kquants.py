@@ -26,6 +26,7 @@ from ._common import (
     Codec,
     first_abs_max,
     into_codec,
+    nan_ignoring,
     f16_bits_to_f32,
     f32_to_f16_bits,
     le_f16,
@@ -71,8 +72,8 @@ def make_qkx2_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelt
     ``x ~ scale*L - the_min`` with the least weighted error among ``nstep+1`` trial scales.
     """
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        mn = np.fmin.reduce(x, axis=0)
-        mx = np.fmax.reduce(x, axis=0)
+        mn = nan_ignoring(np.minimum, x, axis=0)
+        mx = nan_ignoring(np.maximum, x, axis=0)
         first_nan = np.isnan(x[0])
         if first_nan.any():  # `x[i] < min` never holds once min is NaN
             mn = np.where(first_nan, x[0], mn)
@@ -197,7 +198,7 @@ def _sub(x: np.ndarray, size: int) -> np.ndarray:
 
 def _pos_max(v: np.ndarray) -> np.ndarray:
     """``m = 0; if (v > m) m = v;`` along axis 1 (NaN ignored, +0.0 default)."""
-    m = np.fmax.reduce(v, axis=1)
+    m = nan_ignoring(np.maximum, v)
     return np.where(m > 0, m, F32(0))
 
 
@@ -221,6 +222,13 @@ def _requant(x: np.ndarray, d: np.ndarray, dm: np.ndarray | None, lo: int, hi: i
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         dd = np.where(d == 0, F32(1), d)[..., None]
         num = x if dm is None else x + dm[..., None]
+        if dm is not None and x.shape[-1] == 32:
+            # When x and dm are both NaN, the sum keeps the NaN of the instruction's first
+            # operand, and nearest_int then reads that NaN's payload.  ggml 0.25.3 as built
+            # for x86-64 (gcc, SSE2) vectorizes this loop as x + dm for elements 0-27 and
+            # dm + x for 28-31 of each sub-block (measured element by element against
+            # libggml-base); we follow it so that NaN rows stay byte-identical.
+            num[..., 28:] = dm[..., None] + x[..., 28:]
         new = _cl(_rint(num / dd), lo, hi)
     return np.where((d == 0)[..., None], L, new)
 

@@ -27,7 +27,7 @@ from ._common import (
     pack_nibbles,
     put_u16,
     roundf,
-    row_reduce,
+    nan_ignoring,
     safe_inv,
 )
 
@@ -37,8 +37,8 @@ _FLT_MAX = F32(np.finfo(np.float32).max)
 def _min_max(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``min = FLT_MAX, max = -FLT_MAX; if (v < min) min = v; if (v > max) max = v;`` per row:
     NaN ignored, and a zero result keeps the sign of the first zero, as the C loop does."""
-    mn = np.fmin(row_reduce(np.fmin, x), _FLT_MAX)
-    mx = np.fmax(row_reduce(np.fmax, x), -_FLT_MAX)
+    mn = np.minimum(nan_ignoring(np.minimum, x), _FLT_MAX)
+    mx = np.maximum(nan_ignoring(np.maximum, x), -_FLT_MAX)
     for v in (mn, mx):
         z = v == 0
         if z.any():  # which zero (+0.0 or -0.0) came first

@@ -28,6 +28,7 @@ from ._common import (
     f32_to_f16_bits,
     le_f16,
     le_u16,
+    nan_ignoring,
     put_u16,
     roundf,
     safe_inv,
@@ -143,8 +144,8 @@ def _best_fp4(x: np.ndarray, d: np.ndarray) -> np.ndarray:
 
 
 def quantize_mxfp4(x: np.ndarray) -> np.ndarray:
-    ax = np.abs(x)
-    amax = np.where(np.isnan(np.fmax.reduce(ax, axis=1)), F32(0), np.fmax.reduce(ax, axis=1))
+    amax = nan_ignoring(np.maximum, np.abs(x))
+    amax = np.where(amax > 0, amax, F32(0))
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         lg = np.floor(np.log2(np.where(amax > 0, amax, F32(1)).astype(np.float64)).astype(F32))
         ef = lg - F32(2) + F32(127)
@@ -178,7 +179,7 @@ def _fp32_to_ue4m3(v: np.ndarray) -> np.ndarray:
 def quantize_nvfp4(x: np.ndarray) -> np.ndarray:
     nb = x.shape[0]
     xs = x.reshape(nb * 4, 16)  # 16-element sub-blocks, each with its own UE4M3 scale
-    ax = np.fmax.reduce(np.abs(xs), axis=1)
+    ax = nan_ignoring(np.maximum, np.abs(xs))
     amax = np.where(ax > 0, ax, F32(0))  # `if (amax < fabsf(v))`: NaN never taken
     ue = _fp32_to_ue4m3(amax / F32(6))
     idx = _best_fp4(xs, _UE4M3[ue])
@@ -218,7 +219,7 @@ def dequantize_q2_0(q: np.ndarray) -> np.ndarray:
 
 
 def quantize_q2_0(x: np.ndarray) -> np.ndarray:
-    ax = np.fmax.reduce(np.abs(x), axis=1)
+    ax = nan_ignoring(np.maximum, np.abs(x))
     d = np.where(ax > 0, ax, F32(0))  # `if (a > amax) amax = a`: NaN never taken
     with np.errstate(divide="ignore", invalid="ignore"):
         idd = np.where(d > 0, F32(1) / np.where(d > 0, d, F32(1)), F32(0))
