@@ -839,3 +839,15 @@ def test_hyperparameters_resolve_as_transformers_resolves_the_real_configs(confi
     layout.vision = vp
     assert layout.feature_layer == 23 == n + ref.vision_feature_layer + 1
     assert layout.grid_pinpoints == getattr(ref, "image_grid_pinpoints", None)
+
+
+@pytest.mark.parametrize("outtype", ["f32", "bf16", "q8_0"])
+def test_slab_wise_casting_writes_the_same_bytes_as_whole_tensors(fixtures, tmp_path, monkeypatch, outtype):
+    import gguflite.convert.output as output
+
+    fx = fixtures["llava-hf-1.5"]
+    a = convert_llava(fx.model_dir, outdir=tmp_path / "whole", outtype=outtype, progress=False)
+    monkeypatch.setattr(output, "SLAB_ELEMENTS", 100)  # 1-2 rows per slab, ragged last slab
+    b = convert_llava(fx.model_dir, outdir=tmp_path / "slabs", outtype=outtype, progress=False)
+    for x, y in zip(a, b):
+        assert open(x, "rb").read() == open(y, "rb").read()

@@ -42,28 +42,39 @@ class PlannedTensor:
     crc: int | None = None
 
 
+SLAB_ELEMENTS = 1 << 22  # rows are cast/quantized this many elements at a time (16 MB as f32)
+
+
 def _tensor_bytes(p: PlannedTensor) -> np.ndarray:
-    """The bytes of one output tensor, computed from its source now (streaming)."""
+    """The bytes of one output tensor, computed from its source now (streaming).  Casts
+    and quantization run over slabs of rows into the preallocated output, so the float32
+    temporaries stay ~16 MB whatever the tensor: peak = source view + output + a slab."""
     from .. import quant
 
     src = p.source
     arr = src.load()
     if p.permute_heads:
-        arr = names.permute_qk(arr, p.permute_heads)
+        arr = names.permute_qk(arr, p.permute_heads)  # a copy in the source dtype
     arr = arr.reshape(p.shape)
     if p.type == GGMLType.F16 and src.dtype == "F16":
-        out = np.ascontiguousarray(arr, dtype="<f2")
-    elif p.type == GGMLType.BF16 and src.dtype == "BF16":
-        out = np.ascontiguousarray(arr, dtype="<u2")
-    else:
-        x = as_float32(arr, src.dtype)
-        if p.type == GGMLType.F32:
-            out = np.ascontiguousarray(x, dtype="<f4")
-        elif p.type == GGMLType.F16:
-            out = x.astype("<f2")
-        else:
-            out = quant.quantize(x, p.type)
-    return out
+        return np.ascontiguousarray(arr, dtype="<f2")
+    if p.type == GGMLType.BF16 and src.dtype == "BF16":
+        return np.ascontiguousarray(arr, dtype="<u2")
+    traits = TYPE_TRAITS[p.type]
+    n = p.shape[-1] if p.shape else 1
+    rows = arr.reshape(-1, n)  # (n_rows, n)
+    out = np.empty((rows.shape[0], n // traits.block_size * traits.type_size), np.uint8)
+    if p.type == GGMLType.F32:
+        cast = lambda x: x.astype("<f4", copy=False)  # noqa: E731
+    elif p.type == GGMLType.F16:
+        cast = lambda x: x.astype("<f2")  # noqa: E731
+    else:  # BF16 from another dtype, and the quantized types: bit-exact with ggml
+        cast = lambda x: quant.quantize(x, p.type)  # noqa: E731
+    step = max(1, SLAB_ELEMENTS // max(n, 1))
+    for i in range(0, rows.shape[0], step):
+        out[i:i + step] = np.ascontiguousarray(cast(as_float32(rows[i:i + step], src.dtype))).view(np.uint8).reshape(
+            -1, out.shape[1])
+    return out.reshape(*p.shape[:-1], out.shape[1]) if p.shape else out.reshape(-1)
 
 
 class _Progress:
