@@ -507,6 +507,17 @@ def test_a_checkpoint_saved_by_transformers_own_llava_class_converts_and_runs(ck
     assert _mtmd_encode(llm, mm)[0] == 576
 
 
+def test_a_separate_clip_vision_folder_saved_by_transformers_5_is_accepted(fixtures, tmp_path):
+    import transformers
+
+    torch.manual_seed(5)
+    tower = tmp_path / "clip-vision"
+    transformers.CLIPVisionModel(transformers.CLIPVisionConfig(**VISION)).save_pretrained(tower)
+    llm, mm = convert_llava(fixtures["mobilevlm-v2"].model_dir, vision_tower=tower, outdir=tmp_path / "out",
+                            progress=False)
+    assert _mtmd_encode(llm, mm)[0] == 144
+
+
 # --------------------------------------------------------------------------- how the tower is found
 
 

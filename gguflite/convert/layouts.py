@@ -129,9 +129,7 @@ class Layout:
                 return part, ""
             if part != "newline" and name.startswith(prefix):
                 local = repl + name[len(prefix):]
-                if part == "vision" and local.split(".")[0] in _CLIP_VISION_TOP:
-                    local = "vision_model." + local  # saved by transformers >= 5: no vision_model level
-                return part, local
+                return part, vision_local(local) if part == "vision" else local
         if self.kind in ("llava", "mobilevlm"):
             return "llm", name
         raise names.UnknownTensorName(f"tensor name not expected in a {self.architecture} checkpoint", tensor=name)
@@ -151,6 +149,12 @@ class Layout:
             raise CheckpointError(f"vision select layer {self.select_layer} is outside a {n}-layer tower",
                                   key="mm_vision_select_layer")
         return layer
+
+
+def vision_local(name: str) -> str:
+    """A CLIP tower tensor name with the ``vision_model.`` level that transformers < 5 saved
+    (transformers >= 5 saves CLIPVisionModel weights without it)."""
+    return "vision_model." + name if name.split(".")[0] in _CLIP_VISION_TOP else name
 
 
 def _int(cfg, key, where, default=None):

@@ -41,7 +41,7 @@ from .. import names
 from ..errors import CheckpointError, GGUFError
 from ..types import GGMLType, TYPE_TRAITS, ValueType
 from .checkpoint import Checkpoint, read_json
-from .layouts import Layout, detect, vision_params
+from .layouts import Layout, detect, vision_local, vision_params
 from .output import PlannedTensor, write_both
 from .tokenizer import tokenizer_metadata
 
@@ -143,7 +143,7 @@ def _tower(layout: Layout, parts, vision_tower, model_dir, opened):
         raise CheckpointError(f"vision tower is a {mt!r} model, expected a CLIP model",
                               path=os.path.join(tower_dir, "config.json"), key="model_type")
     for n, t in tower.tensors.items():
-        parts["vision"][n] = t
+        parts["vision"][vision_local(n)] = t
     return tower_dir, tower.config
 
 
