@@ -141,3 +141,35 @@ def test_use_more_bits_picks_the_first_and_last_eighth_and_every_third_layer():
 def test_rows_that_fit_no_block_are_refused_for_legacy_types():
     with pytest.raises(ValueError, match="rows of 40 are not whole Q4_0 blocks"):
         plan([("blk.0.attn_q.weight", (8, 40), 0)], SCHEMES["q4_0"])
+
+
+@pytest.mark.slow
+def test_libmtmd_encodes_an_image_with_a_requantized_mmproj_like_the_f32_one(tiny_llm, tmp_path):
+    from tests.test_convert import _mtmd_encode
+
+    mm32 = tiny_llm.replace("llava-1.5-f32.gguf", "mmproj-llava-1.5-f32.gguf")
+    mm8 = str(tmp_path / "mmproj-q8_0.gguf")
+    targets = requantize(mm32, mm8, "q8_0")
+    assert targets["v.blk.0.attn_q.weight"] == G.Q8_0 and targets["v.position_embd.weight"] is None
+    n32, e32 = _mtmd_encode(tiny_llm, mm32)
+    n8, e8 = _mtmd_encode(tiny_llm, mm8)
+    assert n8 == n32
+    np.testing.assert_allclose(e8, e32, atol=0.05 * np.abs(e32).max(), rtol=0)
+
+
+@pytest.mark.slow
+def test_llama_cpp_runs_the_q4_k_m_model_close_to_f32(llama11, tmp_path):
+    q = str(tmp_path / "q4km.gguf")
+    requantize(llama11, q, "q4_k_m")
+    ids = [1, 5, 9, 200, 17]
+
+    def logits(path):
+        m = llama_cpp.Llama(model_path=path, n_ctx=64, n_threads=1, verbose=False, logits_all=True)
+        m.eval(ids)
+        return np.array(m.scores[: len(ids)])
+
+    want, got = logits(llama11), logits(q)
+    assert np.isfinite(got).all()
+    # 4-5 bit weights through 11 random layers move logits noticeably; they stay aligned
+    cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    assert cos.min() > 0.8, cos

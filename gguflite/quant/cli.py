@@ -27,7 +27,7 @@ def register(subparsers) -> None:
 
 
 class ProgressBar:
-    """``[#####.....]  42%  1.2/2.9 GB`` on stderr, redrawn at most 10 times a second."""
+    """``requantize [#####.....]  42%  1.20/2.90 GB`` on stderr, redrawn at most 10 times a second."""
 
     def __init__(self, stream=sys.stderr, width: int = 30):
         self.stream, self.width, self.last = stream, width, 0.0
@@ -39,7 +39,8 @@ class ProgressBar:
         self.last = now
         frac = done / total if total else 1.0
         bar = "#" * int(frac * self.width)
-        self.stream.write(f"\rrequantize [{bar:<{self.width}}] {frac:4.0%}  {done / 1e9:.2f}/{total / 1e9:.2f} GB")
+        scale, unit = (1e9, "GB") if total >= 1e9 else (1e6, "MB")
+        self.stream.write(f"\rrequantize [{bar:<{self.width}}] {frac:4.0%}  {done / scale:.2f}/{total / scale:.2f} {unit}")
         if done >= total:
             self.stream.write("\n")
         self.stream.flush()

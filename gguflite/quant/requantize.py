@@ -10,7 +10,8 @@ size-1 ggml dims not counted), except norms (``_norm.weight``), ``ffn_gate_inp``
 embeddings, ``token_types`` and the small Mamba/RWKV/T5/Gemma-3n tensors llama.cpp also skips.
 Everything else (1-D norms, biases) is copied unchanged, so F32 norms stay F32.  For a CLIP
 projector file (``general.architecture == "clip"``) the rule is clip.cpp's: exactly 2-D
-``*weight`` tensors.
+``*weight`` tensors, here without the position/patch/class embeddings, which are added to
+activations rather than multiplied and stay in their source type.
 
 The type of a quantized tensor, for the file types offered here (K-quant rules apply when the
 base type is a quantized one):
@@ -109,8 +110,8 @@ def n_dims(shape: tuple[int, ...]) -> int:
 def should_quantize(name: str, shape: tuple[int, ...], clip: bool = False) -> bool:
     if not name.endswith("weight"):
         return False
-    if clip:
-        return n_dims(shape) == 2
+    if clip:  # clip.cpp's rule (2-D weights), keeping the embeddings that are added, not multiplied
+        return n_dims(shape) == 2 and not any(s in name for s in ("position_embd", "patch_embd", "class_embd"))
     return n_dims(shape) >= 2 and not any(s in name for s in _SKIP) and name not in _SKIP_EXACT
 
 
