@@ -147,6 +147,34 @@ def test_original_llava_15_and_mobilevlm_answers_equal_llama_generate_on_llava_e
         assert got == hf_generate_from_embeds(lm, embeds), layout
 
 
+def test_two_images_in_a_raw_prompt_go_where_their_markers_are(root):
+    F = torch.nn.functional
+    fx, llm, mm = converted(root, "llava-1.5")
+    m = load(llm, mm, n_ctx=1536)
+    imgs = [image(300, 200, 21), image(200, 300, 22)]
+    text = "USER: first <image> then <image>\nWhich is brighter? ASSISTANT:"
+    got = list(m.generate_tokens(text, images=imgs, max_tokens=N_NEW, template="raw"))
+
+    from tests.test_clip import shard_state_dict
+
+    tower = transformers.CLIPVisionModel.from_pretrained(fx.vision_tower, dtype=torch.float32).eval()
+    sd = shard_state_dict(fx.model_dir, "model.mm_projector.")
+    lm = fx.reference_llm()
+    sp = spm.SentencePieceProcessor(model_file=fx.model_dir + "/tokenizer.model")
+    a, b, c = text.split("<image>")
+    emb = lm.get_input_embeddings()
+    with torch.no_grad():
+        parts = [emb(torch.tensor([[1] + sp.encode(a)]))]
+        for img, after in zip(imgs, (b, c)):
+            pix = torch.tensor(pp.preprocess(img, m.encoder.params.image).pixels)
+            f = tower(pix, output_hidden_states=True).hidden_states[-2][:, 1:]
+            parts.append(F.linear(F.gelu(F.linear(f, sd["0.weight"], sd["0.bias"])), sd["2.weight"], sd["2.bias"]))
+            parts.append(emb(torch.tensor([sp.encode(after)])))
+        embeds = torch.cat(parts, 1)
+    assert m.timings["prompt_tokens"] == embeds.shape[1]
+    assert got == hf_generate_from_embeds(lm, embeds)
+
+
 @pytest.fixture(scope="module")
 def m15(root):
     fx, llm, mm = converted(root, "llava-1.5")
