@@ -251,7 +251,8 @@ def _normalize(key: str, value, vtype: ValueType, etype: ValueType | None, allow
         if isinstance(value, (list, tuple, np.ndarray)) and not (isinstance(value, np.ndarray) and value.ndim == 0):
             raise WriteError(f"a {vtype.name} value cannot be a sequence", key=key)
         return _check_scalar(value, vtype, key)
-    if isinstance(value, (str, int, float)) or isinstance(value, np.generic):
+    if not isinstance(value, (list, tuple, np.ndarray, bytes, bytearray, StringArray, NestedArray)) or (
+            isinstance(value, np.ndarray) and value.ndim != 1):
         raise WriteError(f"ARRAY needs a sequence, got {type(value).__name__}", key=key)
     if etype is None:
         etype = infer_type(value, key)[1]
@@ -271,8 +272,9 @@ def _normalize(key: str, value, vtype: ValueType, etype: ValueType | None, allow
             raise WriteError(f"arrays nested deeper than {MAX_NESTING}", key=key)
         out = []
         for item in value:
-            _, inner = infer_type(item, key) if not isinstance(item, tuple) else (V.ARRAY, None)
-            inner = inner if inner is not None else _infer_elem(item, key)
+            vt, inner = infer_type(item, key)
+            if vt != V.ARRAY:
+                raise WriteError(f"elements of a nested array must be arrays, got {type(item).__name__}", key=key)
             out.append((inner, _normalize(key, item, V.ARRAY, inner, allow_nested, depth + 1)))
         return out
     return _numeric_array(value, etype, key)
@@ -426,11 +428,14 @@ class GGUFWriter:
         self._check_open()
         if not isinstance(key, str) or not key:
             raise WriteError(f"key must be a non-empty str, got {key!r}")
-        if len(key.encode("utf-8")) > GGUF_MAX_STRING_LENGTH:
+        if len(_utf8(key, "key")) > GGUF_MAX_STRING_LENGTH:
             raise WriteError("key longer than 1 GiB", key=key[:64])
         if key in self._kv:
             raise DuplicateKey("key added twice", key=key)
-        vtype, etype = _resolve_type(value, type, key)
+        try:
+            vtype, etype = _resolve_type(value, type, key)
+        except ValueError as e:  # not a ValueType id
+            raise WriteError(f"bad type {type!r}: {e}", key=key) from None
         stored = _normalize(key, value, vtype, etype, allow_nested)
         if vtype == V.ARRAY and etype is None:
             etype = infer_type(value, key)[1]
@@ -451,7 +456,7 @@ class GGUFWriter:
         self._check_open()
         if not isinstance(name, str):
             raise WriteError(f"tensor name must be a str, got {name!r}")
-        if len(name.encode("utf-8")) >= GGML_MAX_NAME:
+        if len(_utf8(name, "tensor name")) >= GGML_MAX_NAME:
             raise WriteError(f"tensor name is {len(name.encode())} bytes; at most {GGML_MAX_NAME - 1} allowed", tensor=name)
         if name in self._tensors:
             raise DuplicateTensor("tensor added twice", tensor=name)
@@ -459,14 +464,18 @@ class GGUFWriter:
             shape = tuple(int(d) for d in shape)
         except (TypeError, ValueError):
             raise WriteError(f"shape must be a tuple of ints, got {shape!r}", tensor=name) from None
-        if len(shape) > GGML_MAX_DIMS or any(d < 0 for d in shape):
-            raise WriteError(f"shape {shape}: at most {GGML_MAX_DIMS} non-negative dims", tensor=name)
+        if len(shape) > GGML_MAX_DIMS or any(not 0 <= d < 1 << 63 for d in shape):
+            raise WriteError(f"shape {shape}: at most {GGML_MAX_DIMS} dims in [0, 2^63)", tensor=name)
         if isinstance(ggml_type, str):
             try:
                 ggml_type = parse_type(ggml_type)
             except ValueError as e:
                 raise WriteError(str(e), tensor=name) from None
         ttype = int(ggml_type)
+        if not 0 <= ttype < 1 << 31:
+            raise WriteError(f"ggml type id {ttype} out of range", tensor=name)
+        if nbytes is not None and nbytes < 0:
+            raise WriteError(f"nbytes {nbytes} is negative", tensor=name)
         if ttype in TYPE_TRAITS:
             try:
                 size = tensor_nbytes(ttype, shape)
@@ -609,6 +618,13 @@ def _copy_range(src: FileRange, fh) -> None:
     fh.seek(0, os.SEEK_END)
     if left:
         fh.write(src.view()[off - src.offset :])
+
+
+def _utf8(text: str, what: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise WriteError(f"{what} {text!r} is not valid UTF-8 text: {e.reason}") from None
 
 
 def _check_alignment(a) -> None:

@@ -198,6 +198,17 @@ def test_python_ints_beyond_int64_are_stored_exactly(tmp_path):
         assert f.fields["i"].elem_type == V.INT64 and f.metadata["i"].tolist() == [1, 2**40]
 
 
+def test_bad_keys_names_and_type_ids_are_write_errors():
+    w = GGUFWriter("x.gguf")
+    for call in (lambda: w.add("k\udcff", 1), lambda: w.add("k", 1, 99), lambda: w.add("", 1),
+                 lambda: w.add_tensor("t\udcff", (1,), "f32", np.zeros(1, np.float32)),
+                 lambda: w.add_tensor("t", (1,), "nope", np.zeros(1, np.float32)),
+                 lambda: w.add_tensor("t", (1,), -1, b"\0"), lambda: w.add_tensor("t", (2**64,), "f32", b""),
+                 lambda: w.add_tensor("t", (1,), 99, lambda: b"", nbytes=-1)):
+        with pytest.raises(WriteError):
+            call()
+
+
 def test_a_bare_element_type_is_accepted_for_a_list():
     w = GGUFWriter("x.gguf")
     w.add("k", [1, 2], V.UINT32)
@@ -373,3 +384,29 @@ def test_plain_tensors_change_byte_order_when_copied_into_a_big_endian_writer(tm
     with gguflite.open(tmp_path / "be.gguf") as f:
         assert f.tensors["a"].data.dtype == np.dtype(">f4")
         np.testing.assert_array_equal(f.tensors["a"].data, a)
+
+
+py_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=4) | st.binary(max_size=4),
+    lambda inner: st.lists(inner, max_size=3) | st.tuples(inner, inner), max_leaves=6)
+type_args = st.none() | st.sampled_from(list(V)) | st.tuples(st.just(V.ARRAY), st.sampled_from(list(V)))
+
+
+@settings(max_examples=150)
+@given(items=st.lists(st.tuples(py_values, type_args), max_size=5))
+def test_any_python_value_is_written_and_read_back_or_refused_with_a_gguferror(tmp_path_factory, items):
+    path = tmp_path_factory.mktemp("any") / "a.gguf"
+    w = GGUFWriter(path, allow_nested=True)
+    added = []
+    for i, (value, t) in enumerate(items):
+        try:
+            w.add(f"k{i}", value, t)
+            added.append(f"k{i}")
+        except GGUFError:
+            pass
+    w.write()
+    with gguflite.open(path) as f:
+        assert list(f.fields) == added
+        for k in added:  # every value reads back (bytes strings are written as given, even
+            v = f.metadata[k]  # when not UTF-8: validate() would report those)
+            list(v) if isinstance(v, (list, gguflite.StringArray)) else v
