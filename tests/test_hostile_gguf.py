@@ -67,6 +67,7 @@ def test_truncation_at_every_offset_raises_only_gguferror(tmp_path, endian):
         assert ok == (n >= data_end), n  # only the trailing padding may go
 
 
+@pytest.mark.slow
 @settings(max_examples=300)
 @given(flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 7)), min_size=1, max_size=4))
 def test_random_bit_flips_raise_only_gguferror(tmp_path_factory, flips):

@@ -392,6 +392,7 @@ py_values = st.recursive(
 type_args = st.none() | st.sampled_from(list(V)) | st.tuples(st.just(V.ARRAY), st.sampled_from(list(V)))
 
 
+@pytest.mark.slow
 @settings(max_examples=150)
 @given(items=st.lists(st.tuples(py_values, type_args), max_size=5))
 def test_any_python_value_is_written_and_read_back_or_refused_with_a_gguferror(tmp_path_factory, items):
