@@ -237,6 +237,10 @@ class NestedArray(Sequence):
         for i in range(self._count):
             yield self[i]
 
+    def tolist(self) -> list:
+        """The inner arrays as a list (numeric ones in native byte order)."""
+        return _public(self)
+
     def __repr__(self) -> str:
         return f"NestedArray(len={self._count})"
 
@@ -773,7 +777,7 @@ def validate(path) -> None:
         f.close()
 
 
-def open(path) -> GGUFFile:  # noqa: A001  (gguflite.open mirrors the builtin on purpose)
+def open(path) -> "GGUFFile | SplitModel":  # noqa: A001, F821  (gguflite.open mirrors the builtin on purpose)
     """Open and validate a GGUF file.  The first shard of a split model
     (``*-00001-of-0000N.gguf``) opens as one model (see ``gguflite.split``)."""
     f = GGUFFile(path)
