@@ -162,7 +162,14 @@ class ClipEncoder:
             self.newline = None
             if "v.image_newline" in f.tensors:
                 self.newline = np.array(f.tensors["v.image_newline"].data, dtype=np.float32).reshape(-1)
-            self.weights = load_weights(f, backend)
+            n_run = self.params.n_run
+
+            def needed(name: str) -> bool:  # blocks past the feature layer and post_ln are never run
+                if name.startswith("v.blk."):
+                    return int(name.split(".")[2]) < n_run
+                return not name.startswith("v.post_ln")
+
+            self.weights = load_weights(f, backend, select=needed)
         self.backend = backend
         self.sched = sched if sched is not None else Scheduler([backend])
         self._ffn = self._ffn_names()

@@ -76,10 +76,15 @@ class LlavaModel:
             raise LlavaError(
                 f"the projector of {mmproj_gguf} outputs {encoder.params.n_out}-wide embeddings but the LLM "
                 f"{llm_gguf} is {llm.params.n_embd} wide: these files do not belong together")
-        tokenizer = Tokenizer.from_gguf(llm_gguf)
-        if tokenizer.n_vocab != llm.params.n_vocab:
-            raise LlavaError(f"{llm_gguf}: {tokenizer.n_vocab} tokens in the vocabulary but "
-                             f"{llm.params.n_vocab} embedding rows")
+        try:
+            tokenizer = Tokenizer.from_gguf(llm_gguf)
+            if tokenizer.n_vocab != llm.params.n_vocab:
+                raise LlavaError(f"{llm_gguf}: {tokenizer.n_vocab} tokens in the vocabulary but "
+                                 f"{llm.params.n_vocab} embedding rows")
+        except BaseException:
+            encoder.free()
+            llm.free()
+            raise
         if template is None:
             name = str(llm.metadata.get("general.name", "")).lower()
             template = "mistral_instruct" if "mistral" in name and "bakllava" not in name else "vicuna_v1"

@@ -273,3 +273,26 @@ def test_files_that_cannot_be_run_raise_mmproj_error(hf15, backend, tmp_path):
         ClipEncoder(llm_path, backend)
     with pytest.raises(Exception, match="tile"):
         enc32.encode_tile(np.zeros((3, 10, 10), np.float32))
+
+
+def test_only_the_blocks_up_to_the_feature_layer_run(hf15, backend, tmp_path):
+    import gguflite
+    from gguflite.types import ValueType
+
+    model, enc32 = hf15
+    dst = tmp_path / "layer1.gguf"
+    with gguflite.open(enc32.path) as f:
+        w = gguflite.GGUFWriter(dst)
+        for key, field in f.fields.items():
+            if key != "clip.vision.feature_layer":
+                w.add_field(field)
+        w.add("clip.vision.feature_layer", np.array([1], np.int32), type=(ValueType.ARRAY, ValueType.INT32))
+        for ti in f.tensors.values():
+            w.add_tensor_from(ti)
+        w.write()
+    enc = ClipEncoder(dst, backend)
+    assert enc.params.n_run == 1 and not any(n.startswith("v.blk.1.") for n in enc.weights)
+    prep = pp.preprocess(image(300, 300, 8), enc.params.image)
+    with torch.no_grad():
+        hs = model.model.vision_tower(torch.tensor(prep.pixels), output_hidden_states=True).hidden_states
+    assert_same_tokens(enc.tile_features(prep.pixels[0]), hs[1][0, 1:].numpy())
