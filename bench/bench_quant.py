@@ -85,7 +85,13 @@ def main(argv=None) -> int:
             "float32 values (rows of 4096), one thread on both sides, the same bytes produced by both (checked). "
             "The peer is ggml's C reference code (`ggml_quantize_chunk` without importance matrix, the type's "
             f"`to_float`), called through ggml_bind. Medians of {args.runs} runs ({args.k_runs} for K-quants); "
-            "the machine is shared with other jobs, so expect noise.\n\n" + report.table(out))
+            "the machine is shared with other jobs, so expect noise.\n\n" + report.table(out)
+            + "\nWhy some targets are not met: ggml's dequantizers and its Q4_0/Q4_1 quantizers are "
+            "loops that gcc vectorizes, running near memory speed; numpy needs several whole-array passes "
+            "(unpack, convert, scale) plus the exact-rounding steps of the quantizers (x86 truncation, "
+            "roundf, ggml's fp16 rounding, first-occurrence maxima). The K-quant quantizers run ggml's scale "
+            "searches for all sub-blocks at once, with sequential float32 sums where C sums sequentially "
+            "(pairwise sums would change the bytes).\n")
     print(body)
     if not args.no_doc:
         report.update_section("quant", body)
