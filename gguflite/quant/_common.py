@@ -167,8 +167,9 @@ def first_abs_max(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     Fast path from the row max and min; rows where both +a and -a reach the top magnitude
     look up which came first."""
-    hi = nan_ignoring(np.maximum, x)
-    lo = nan_ignoring(np.minimum, x)
+    xt = np.ascontiguousarray(x.T)  # (k, n): reductions over axis 0 are whole-row operations
+    hi = nan_ignoring(np.maximum, xt, axis=0)
+    lo = nan_ignoring(np.minimum, xt, axis=0)
     nlo = -lo
     amax = np.maximum(hi, nlo)  # -inf for all-NaN rows
     amax = np.where(amax > 0, amax, F32(0))
@@ -187,7 +188,7 @@ def fold_max_abs(x: np.ndarray) -> np.ndarray:
     A NaN element makes ``amax`` NaN, and the next element replaces it; so the result is NaN
     if the last element is NaN, else the max over the elements after the last NaN."""
     ax = np.abs(x)
-    amax = row_reduce(np.maximum, ax)  # NaN-propagating
+    amax = np.maximum.reduce(np.ascontiguousarray(ax.T), axis=0)  # NaN-propagating
     bad = np.isnan(amax)
     if bad.any():
         sub = ax[bad]

@@ -37,8 +37,9 @@ _FLT_MAX = F32(np.finfo(np.float32).max)
 def _min_max(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``min = FLT_MAX, max = -FLT_MAX; if (v < min) min = v; if (v > max) max = v;`` per row:
     NaN ignored, and a zero result keeps the sign of the first zero, as the C loop does."""
-    mn = np.minimum(nan_ignoring(np.minimum, x), _FLT_MAX)
-    mx = np.maximum(nan_ignoring(np.maximum, x), -_FLT_MAX)
+    xt = np.ascontiguousarray(x.T)  # (32, n): reductions over axis 0 are whole-row operations
+    mn = np.minimum(nan_ignoring(np.minimum, xt, axis=0), _FLT_MAX)
+    mx = np.maximum(nan_ignoring(np.maximum, xt, axis=0), -_FLT_MAX)
     for v in (mn, mx):
         z = v == 0
         if z.any():  # which zero (+0.0 or -0.0) came first
@@ -124,22 +125,26 @@ def dequantize_q5_0(q: np.ndarray) -> np.ndarray:
 
 
 def _quantize_affine(x: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Q4_1/Q5_1: ``d = (max-min)/levels; q = (x-min)*id + 0.5f`` truncated → (d, m, q int32)."""
+    """Q4_1/Q5_1: ``d = (max-min)/levels; (x-min)*id + 0.5f`` truncated → (d, m bits, q int32).
+
+    The truncated value lies in [0, levels] unless it is NaN (INT32_MIN, whose low byte 0 is
+    what the C casts to ``int8_t``/``uint8_t`` give)."""
     mn, mx = _min_max(x)
-    with np.errstate(invalid="ignore", over="ignore"):
-        d = (mx - mn) / F32(levels)
-        idd = safe_inv(d)
-        v = (x - mn[:, None]) * idd[:, None] + F32(0.5)
-    return f32_to_f16_bits(d), f32_to_f16_bits(mn), cvtt_i32(v) & 0xFF
+    d = (mx - mn) / F32(levels)
+    idd = safe_inv(d)
+    v = x - mn[:, None]
+    v *= idd[:, None]
+    v += F32(0.5)
+    return f32_to_f16_bits(d), f32_to_f16_bits(mn), cvtt_i32(v)
 
 
 def quantize_q4_1(x: np.ndarray) -> np.ndarray:
     d, m, q = _quantize_affine(x, 15)
-    q = np.minimum(q.astype(np.int8).astype(np.int32), 15)  # MIN(15, (int8_t)...)
+    q = np.minimum(q, 15).astype(np.uint8)  # MIN(15, (int8_t)...); INT32_MIN → 0
     out = np.empty((x.shape[0], 20), np.uint8)
     put_u16(out, 0, d)
     put_u16(out, 2, m)
-    out[:, 4:] = pack_nibbles(q[:, :16], q[:, 16:])
+    out[:, 4:] = q[:, :16] | (q[:, 16:] << 4)
     return out
 
 
@@ -152,7 +157,8 @@ def dequantize_q4_1(q: np.ndarray) -> np.ndarray:
 
 
 def quantize_q5_1(x: np.ndarray) -> np.ndarray:
-    d, m, q = _quantize_affine(x, 31)  # (uint8_t), no clamp
+    d, m, q = _quantize_affine(x, 31)
+    q = q.astype(np.uint8)  # (uint8_t), no clamp: the low byte
     out = np.empty((x.shape[0], 24), np.uint8)
     put_u16(out, 0, d)
     put_u16(out, 2, m)
