@@ -1,10 +1,12 @@
 """Inference, ours (ggml_bind) vs llama.cpp (libllama + libmtmd through llama-cpp-python), on
 the same GGUF files, the same device and the same number of threads.
 
-    python -m bench.bench_infer [--size small|full|7b] [--device cpu|cuda] [--threads N]
-                                [--runs 3] [--prompt 128] [--gen 32] [--models DIR] [--no-doc]
+    python -m bench.bench_infer [--size small|full|7b] [--device cpu|cuda] [--threads N] [--runs 2]
+                                [--rounds 2] [--prompt 128] [--gen 32] [--models DIR] [--no-doc]
 
-Figures (each the median of ``--runs`` runs after one warm-up, in a fresh process per side):
+Figures: medians of ``--rounds`` x ``--runs`` runs; each round starts one child process per
+side (the side going first alternates), which loads the models, warms up once, then times
+``--runs`` runs:
 
 - image encode ms: one 336x336 image through the CLIP tower + projector, preprocessing
   excluded on both sides (ours: ``ClipEncoder.encode_tile`` on a normalised tile; peer:
@@ -15,7 +17,7 @@ Figures (each the median of ``--runs`` runs after one warm-up, in a fresh proces
   argmax in numpy; peer: llama.cpp's greedy sampler).
 
 Ours runs ``ggml_bind.llama.LlamaModel`` and ``ggml_bind.clip.ClipEncoder`` (what
-``ggml_bind.llava.LlavaModel`` drives).  Each side runs in its own child process
+``ggml_bind.llava.LlavaModel`` drives).  Each side runs in its own child processes
 (``--worker ours|peer``), so neither's memory, threads or caches affect the other.  The
 models come from ``bench.make_models`` (random weights at real shapes; written once into
 ``--models``, default ``~/.cache/gguflite-bench/models``).  ``--device cuda`` needs a GPU, the
@@ -206,9 +208,9 @@ def run_side(side: str, args, m: make_models.Models) -> tuple[dict, report.Child
 
 def rows(ours: dict, peer: dict, args, machine: str) -> list[report.Row]:
     cmd = (f"python -m bench.bench_infer --size {args.size} --device {args.device} --threads {args.threads} "
-           f"--runs {args.runs} --prompt {args.prompt} --gen {args.gen}")
+           f"--runs {args.runs} --rounds {args.rounds} --prompt {args.prompt} --gen {args.gen}")
     med = lambda xs: float(np.median(xs))  # noqa: E731
-    common = dict(runs=args.runs, threads=args.threads, command=cmd, machine=machine, target=0.95)
+    common = dict(runs=args.runs * args.rounds, threads=args.threads, command=cmd, machine=machine, target=0.95)
     return [
         report.Row("image encode (336 px, 1 image)", med(ours["encode_s"]) * 1e3, med(peer["encode_s"]) * 1e3,
                    "ms", "lower", **dict(common, target=1 / 0.95)),
@@ -236,7 +238,8 @@ def main(argv=None) -> int:
     ap.add_argument("--size", choices=[s for s in make_models.SIZES], default=report.default_size("small"))
     ap.add_argument("--device", default=report.default_device(), help="cpu or cuda")
     ap.add_argument("--threads", type=int, default=report.available_cores())
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=2, help="timed runs per child process (after one warm-up)")
+    ap.add_argument("--rounds", type=int, default=2, help="child processes per side, sides alternating")
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--gen", type=int, default=32)
     ap.add_argument("--models", default=os.path.join(CACHE, "models"))
@@ -250,8 +253,13 @@ def main(argv=None) -> int:
         print(RESULT + json.dumps(res), flush=True)
         return 0
     m = make_models.make(args.models, args.size)
-    ours, _ = run_side("ours", args, m)
-    peer, _ = run_side("peer", args, m)
+    ours = {"encode_s": [], "prompt_s": [], "eval_s": []}
+    peer = {"encode_s": [], "prompt_s": [], "eval_s": []}
+    for i in range(args.rounds):  # alternate which side goes first: load drifts on shared machines
+        for side in (("ours", "peer") if i % 2 == 0 else ("peer", "ours")):
+            res, _ = run_side(side, args, m)
+            for k, v in res.items():
+                (ours if side == "ours" else peer)[k].extend(v)
     rws = rows(ours, peer, args, report.machine(args.device))
     text = section(rws, args, m)
     print(text)
