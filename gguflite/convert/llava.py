@@ -23,10 +23,10 @@ What happens, in order (nothing is written until everything has been checked):
 Tensor types: 1-D tensors (norms, biases, class embedding, image_newline) and the position
 embedding stay F32 as llama.cpp expects; convolution kernels are F16 (ggml's conv/im2col
 paths want F16 kernels, as the legacy converter wrote); 2-D weights take
-``outtype``, falling back to F16 when a row is not a whole number of quant blocks.
-``q4_k_m`` follows llama.cpp's mix: Q6_K for ``output.weight`` and for ``attn_v``/
-``ffn_down`` in the first and last eighth of the layers and every third layer, Q4_K
-elsewhere.  For any quantized outtype the mmproj's 2-D weights are Q8_0: the tower is small
+``outtype``; quantized outtypes follow llama.cpp's choices: ``output.weight`` Q6_K (Q8_0
+for q8_0), q4_k_m's Q6_K for ``attn_v``/``ffn_down`` in the first and last eighth of the
+layers and every third layer, and the fallbacks for rows that are not whole blocks (Q4_K →
+Q5_0, Q6_K → Q8_0, else F16).  For any quantized outtype the mmproj's 2-D weights are Q8_0: the tower is small
 and its errors compound over hundreds of image tokens.
 """
 from __future__ import annotations
@@ -164,6 +164,7 @@ def _plan_llm(layout: Layout, tensors: dict, outtype: str, dropped: list) -> lis
     for i in range(tp.n_layer):
         expect.update({f"blk.{i}.{k}": v for k, v in per_layer.items()})
     plan = []
+    has_output = "lm_head.weight" in tensors
     for local, t in tensors.items():
         gname, permute = names.map_name(names.LLAMA, local)
         if gname is None:
@@ -174,7 +175,8 @@ def _plan_llm(layout: Layout, tensors: dict, outtype: str, dropped: list) -> lis
         if tuple(t.shape) != expect[gname]:
             raise _fail_shape("LLM", gname, t, expect[gname])
         heads = {"q": tp.n_head, "k": tp.n_head_kv}.get(permute)
-        plan.append(PlannedTensor(gname, t, tuple(t.shape), _llm_type(gname, t.shape, outtype, tp.n_layer), heads))
+        plan.append(PlannedTensor(gname, t, tuple(t.shape),
+                                  _llm_type(gname, t.shape, outtype, tp.n_layer, has_output), heads))
     missing = set(expect) - {p.name for p in plan} - {"output.weight"}
     if missing:
         raise CheckpointError(f"LLM tensors missing from the checkpoint: {sorted(missing)[:6]}")
@@ -186,13 +188,18 @@ def _order(gname: str):
     return (1, int(m.group(2)), gname) if m else (0 if not gname.startswith(("output", "mm.")) else 2, 0, gname)
 
 
-def _llm_type(gname: str, shape, outtype: str, n_layer: int) -> GGMLType:
+def _llm_type(gname: str, shape, outtype: str, n_layer: int, has_output: bool) -> GGMLType:
+    """llama.cpp's choice (llama-quant.cpp) for a quantized outtype: the output matrix (or the
+    tied token embedding) gets Q6_K, Q8_0 if its rows are not 256-blocks or for q8_0;
+    q4_k_m gives attn_v/ffn_down Q6_K in the layers use_more_bits picks."""
     if len(shape) == 1:
         return GGMLType.F32
     wtype = OUTTYPES[outtype][1]
+    if TYPE_TRAITS[wtype].quantized and (gname == "output.weight" or (gname == "token_embd.weight" and not has_output)):
+        wtype = GGMLType.Q6_K if wtype != GGMLType.Q8_0 and shape[-1] % 256 == 0 else GGMLType.Q8_0
     if outtype == "q4_k_m":
         m = re.match(r"blk\.(\d+)\.(attn_v|ffn_down)\.weight", gname)
-        if gname == "output.weight" or (m and _more_bits(int(m.group(1)), n_layer)):
+        if m and _more_bits(int(m.group(1)), n_layer):
             wtype = GGMLType.Q6_K
     return _fit(wtype, shape)
 
@@ -202,9 +209,17 @@ def _more_bits(i: int, n: int) -> bool:
     return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
 
 
+# llama.cpp's fallbacks when a row is not a whole number of 256-blocks
+_FALLBACK = {GGMLType.Q4_K: GGMLType.Q5_0, GGMLType.Q6_K: GGMLType.Q8_0}
+
+
 def _fit(wtype: GGMLType, shape) -> GGMLType:
-    """``wtype`` if a row is a whole number of its blocks, else F16."""
-    return wtype if shape[-1] % TYPE_TRAITS[wtype].block_size == 0 else GGMLType.F16
+    """``wtype`` if a row is a whole number of its blocks, else llama.cpp's fallback
+    (Q4_K → Q5_0, Q6_K → Q8_0), else F16."""
+    for t in (wtype, _FALLBACK.get(wtype)):
+        if t is not None and shape[-1] % TYPE_TRAITS[t].block_size == 0:
+            return t
+    return GGMLType.F16
 
 
 def _mmproj_type(gname: str, shape, outtype: str, is_conv: bool) -> GGMLType:
