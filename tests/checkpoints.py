@@ -26,6 +26,8 @@ In a test session, build them once with a session fixture::
     def llava15(tmp_path_factory):
         return make_gguf("llava-1.5", tmp_path_factory.mktemp("llava"), outtype="f32")
 
+Command line (from the repository root)::
+
     python tests/checkpoints.py OUTDIR [LAYOUT ...]       # write them for manual use
 
 LAYOUTS (name → what it imitates):
@@ -47,6 +49,10 @@ LAYOUTS (name → what it imitates):
                           <image>=320 and <pad>=321 added, vocab padded to 384
     llava-hf-1.6-mistral  llava-hf/llava-v1.6-mistral-7b-hf: LlavaNextForConditionalGeneration,
                           image_newline, pinpoints, Mistral text_config
+
+The BakLLaVA-1 and MobileVLM config.json files were not available to copy: their fields
+follow the LLaVA / MobileVLM source code (model_type, architectures, mm_* keys) and may
+differ in details the converter does not read.
 
 Keyword options of make_checkpoint: ``seed``, ``tower_in_config`` (llava-1.5/mobilevlm: put the
 CLIP folder's absolute path in mm_vision_tower instead of the hub name).  Fixtures are
