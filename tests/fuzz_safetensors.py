@@ -115,12 +115,26 @@ def compare_with_safetensors(path, summary: dict) -> None:
             keys = set(g.keys())
             theirs = {k: g.get_tensor(k) for k in keys}
     except Exception as e:  # noqa: BLE001  (any refusal of a file we accepted is the finding)
+        if _falsy_metadata(path):
+            event("known finding: a falsy non-object __metadata__ is accepted")
+            return
         pytest.fail(f"safetensors refuses a file gguflite accepted: {type(e).__name__}: {e}")
     assert keys == set(summary)
     for k, (dtype, shape, raw) in summary.items():
         assert tuple(theirs[k].shape) == shape, k
         if raw is not None:
             assert theirs[k].tobytes() == raw, k
+
+
+def _falsy_metadata(path) -> bool:
+    """The header's __metadata__ is [], "", 0 or false (the finding pinned below)."""
+    raw = Path(path).read_bytes()
+    try:
+        h = json.loads(raw[8:8 + struct.unpack("<Q", raw[:8])[0]])
+    except ValueError:
+        return False
+    m = h.get("__metadata__") if isinstance(h, dict) else None
+    return m is not None and not isinstance(m, dict) and not m
 
 
 # --------------------------------------------------------------------------- inputs
@@ -348,3 +362,12 @@ def test_a_header_of_many_tiny_json_values_allocates_about_the_file_size(tmp_pat
     finally:
         tracemalloc.stop()
     assert peak <= 2 * size + ALLOC_SLACK, f"peak {peak} bytes for a {size}-byte file"
+
+
+@pytest.mark.xfail(strict=True, reason="finding for gguflite/convert/safetensors.py (found by the long fuzz run, "
+                   "differential with the safetensors package): `header.pop('__metadata__', None) or {}` lets a falsy "
+                   "non-object __metadata__ ([], \"\", 0, false) through; the Rust reader refuses it "
+                   "('invalid type: sequence, expected a map')")
+@pytest.mark.parametrize("meta", [[], "", 0, False])
+def test_a_non_object_metadata_is_refused_like_the_rust_reader_does(tmp_path, meta):
+    _refused(tmp_path, assemble({"__metadata__": meta}, b""))

@@ -3,8 +3,9 @@ next run leaves no temporary files behind.
 
 A child process runs one operation (``GGUFWriter.write``, ``gguflite.Editor.commit`` in
 rewrite and in-place mode, ``convert_llava``) over files that already exist, and is killed
-with SIGKILL either after a random delay (uniform over the operation's measured duration,
-so kills land during imports, header, data, fsync and rename) or at the worst moment: right
+with SIGKILL either after a random delay (uniform over 1.2 times the operation's measured
+duration, counted from the end of the child's imports, so kills land during the header,
+the data, fsync, rename and after) or at the worst moment: right
 after the temp file was created (the child announces it; that instrumentation only wraps
 ``AtomicFile.__enter__`` inside the child).  Afterwards every target holds exactly its old
 bytes or exactly the bytes an uninterrupted run writes, and opens and validates.
@@ -44,11 +45,11 @@ if args.get("pause"):
         time.sleep(120)
         return fh
     W.AtomicFile.__enter__ = paused
+from tests.test_kill import build, edit
+print("START", flush=True)  # imports done: the parent times the operation from here
 if op == "write":
-    from tests.test_kill import build
     build(args["path"], args["version"])
 elif op == "edit":
-    from tests.test_kill import edit
     edit(args["path"], args["in_place"])
 elif op == "convert":
     from gguflite.convert.llava import convert_llava
@@ -96,6 +97,7 @@ def run_child(op: str, args: dict, *, kill_after: float | None = None, pause: bo
                     break
             p.kill()
         elif kill_after is not None:
+            p.stdout.readline()  # START: kill_after counts from the start of the operation
             try:
                 p.wait(kill_after)
             except subprocess.TimeoutExpired:
@@ -111,8 +113,14 @@ def run_child(op: str, args: dict, *, kill_after: float | None = None, pause: bo
 
 
 def timed(op: str, args: dict) -> float:
+    """Seconds the operation itself takes in a child (imports excluded)."""
+    p = subprocess.Popen([sys.executable, "-c", CHILD, op, json.dumps(dict(args, pause=False))], cwd=REPO,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert p.stdout.readline().startswith("START"), p.stderr.read()
     t0 = time.perf_counter()
-    assert run_child(op, args) == 0
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0 and "DONE" in out, err[-2000:]
     return time.perf_counter() - t0
 
 
