@@ -73,7 +73,8 @@ def main(argv=None) -> int:
     cols = 4096
     rows = max(1, args.size // cols)
     x = np.random.default_rng(0).standard_normal((rows, cols)).astype(np.float32)
-    cmd = "python -m bench.bench_quant" + ("" if args.size == 64 << 20 else f" --size {args.size}")
+    size = f"{args.size >> 20}M" if args.size % (1 << 20) == 0 else str(args.size)
+    cmd = "python -m bench.bench_quant" + ("" if args.size == 64 << 20 else f" --size {size}")
     out = []
     for name in [s.strip().lower() for s in args.types.split(",") if s.strip()]:
         runs = args.k_runs if name in K_QUANTS else args.runs
