@@ -55,24 +55,6 @@ def _qh_bits(q: np.ndarray) -> np.ndarray:
     return np.packbits(bits, axis=1, bitorder="little")
 
 
-def _unpack_qh(qh: np.ndarray) -> np.ndarray:
-    """(n, 4) qh bytes → (n, 32) bit values 0/16."""
-    return np.unpackbits(qh, axis=1, bitorder="little").astype(np.int32) << 4
-
-
-def _nibbles_f32(qs: np.ndarray) -> np.ndarray:
-    """(n, 16) bytes → (n, 32) float32: low nibbles then high nibbles."""
-    out = np.empty((qs.shape[0], 32), F32)
-    out[:, :16] = qs & 0x0F
-    out[:, 16:] = qs >> 4
-    return out
-
-
-def _nibbles(qs: np.ndarray) -> np.ndarray:
-    """(n, 16) bytes → (n, 32) ints: low nibbles then high nibbles."""
-    return np.concatenate([qs & 0x0F, qs >> 4], axis=1).astype(np.int32)
-
-
 # --------------------------------------------------------------------------- Q4_0 / Q5_0
 
 
@@ -115,12 +97,6 @@ def quantize_q5_0(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def dequantize_q5_0(q: np.ndarray) -> np.ndarray:
-    d = le_f16(q, 0)
-    v = (_nibbles(q[:, 6:]) | _unpack_qh(q[:, 2:6])) - 16
-    return v.astype(F32) * d[:, None]
-
-
 # --------------------------------------------------------------------------- Q4_1 / Q5_1
 
 
@@ -148,12 +124,12 @@ def quantize_q4_1(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def dequantize_q4_1(q: np.ndarray) -> np.ndarray:
-    d, m = le_f16(q, 0), le_f16(q, 2)
-    out = _nibbles_f32(q[:, 4:])
-    out *= d[:, None]
-    out += m[:, None]
-    return out
+def dequantize_q4_1_into(q: np.ndarray, out: np.ndarray) -> None:
+    qs = q[:, 4:]
+    out[:, :16] = qs & 0x0F
+    out[:, 16:] = qs >> 4
+    out *= le_f16(q, 0)[:, None]  # x*d + m
+    out += le_f16(q, 2)[:, None]
 
 
 def quantize_q5_1(x: np.ndarray) -> np.ndarray:
@@ -167,10 +143,24 @@ def quantize_q5_1(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def dequantize_q5_1(q: np.ndarray) -> np.ndarray:
-    d, m = le_f16(q, 0), le_f16(q, 2)
-    v = _nibbles(q[:, 8:]) | _unpack_qh(q[:, 4:8])
-    return v.astype(F32) * d[:, None] + m[:, None]
+def _q5_into(q: np.ndarray, out: np.ndarray, qh_at: int) -> None:
+    """The 5-bit values (low nibble | qh bit << 4) of Q5_0/Q5_1 into ``out`` as floats."""
+    hb = np.unpackbits(q[:, qh_at : qh_at + 4], axis=1, bitorder="little") << 4  # (n, 32): 0/16
+    qs = q[:, qh_at + 4 :]
+    out[:, :16] = (qs & 0x0F) | hb[:, :16]
+    out[:, 16:] = (qs >> 4) | hb[:, 16:]
+
+
+def dequantize_q5_0_into(q: np.ndarray, out: np.ndarray) -> None:
+    _q5_into(q, out, 2)
+    out -= F32(16)
+    out *= le_f16(q, 0)[:, None]
+
+
+def dequantize_q5_1_into(q: np.ndarray, out: np.ndarray) -> None:
+    _q5_into(q, out, 4)
+    out *= le_f16(q, 0)[:, None]
+    out += le_f16(q, 2)[:, None]
 
 
 # --------------------------------------------------------------------------- Q8_0 / Q8_1
@@ -215,9 +205,9 @@ def dequantize_q8_1(q: np.ndarray) -> np.ndarray:
 
 CODECS: dict[int, Codec] = {
     GGMLType.Q4_0: into_codec(quantize_q4_0, dequantize_q4_0_into, ((0, 2, 1),), 32),
-    GGMLType.Q4_1: Codec(quantize_q4_1, dequantize_q4_1, ((0, 2, 2),)),
-    GGMLType.Q5_0: Codec(quantize_q5_0, dequantize_q5_0, ((0, 2, 1), (2, 4, 1))),
-    GGMLType.Q5_1: Codec(quantize_q5_1, dequantize_q5_1, ((0, 2, 2), (4, 4, 1))),
+    GGMLType.Q4_1: into_codec(quantize_q4_1, dequantize_q4_1_into, ((0, 2, 2),), 32),
+    GGMLType.Q5_0: into_codec(quantize_q5_0, dequantize_q5_0_into, ((0, 2, 1), (2, 4, 1)), 32),
+    GGMLType.Q5_1: into_codec(quantize_q5_1, dequantize_q5_1_into, ((0, 2, 2), (4, 4, 1)), 32),
     GGMLType.Q8_0: into_codec(quantize_q8_0, dequantize_q8_0_into, ((0, 2, 1),), 32),
     GGMLType.Q8_1: Codec(quantize_q8_1, dequantize_q8_1, ((0, 2, 2),)),
 }
