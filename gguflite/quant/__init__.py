@@ -13,8 +13,10 @@ rules that make this exact are in ``_common.py``; one module per family implemen
     kquants.py  Q2_K Q3_K Q4_K Q5_K Q6_K Q8_K
     small.py    TQ1_0 TQ2_0 MXFP4 NVFP4 Q1_0 Q2_0 IQ4_NL IQ4_XS (the IQ4s: dequantize only)
 
-Not covered: the grid-based IQ types (IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M),
-whose codebooks are large tables in ggml-common.h.
+Q8_K is dequantize-only (``ggml_quantize_chunk`` has no Q8_K case either).  Not covered: the
+grid-based IQ types (IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M), whose codebooks
+are large tables in ggml-common.h.  The reference is ggml 0.25.3 as built for x86-64; one NaN
+corner of the K-quants follows that build's instruction order (see ``kquants._requant``).
 
 Work is done ``chunk_elements`` at a time (default 256 Ki floats), so the temporaries stay a
 few MB whatever the tensor size.  Big-endian files: pass ``endian=">"``, or use
