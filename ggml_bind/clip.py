@@ -338,17 +338,17 @@ class ClipEncoder:
         C = x.shape[-1]
         h = self._depthwise(ctx, x, prefix + "0.0.weight", stride, G)           # (Mo, C)
         h = self._layer_norm(ctx, h, prefix + "0.1", eps)
-        h = ops._unary("hardswish", ctx, h)
+        h = ops.hardswish(ctx, h)
         Go = (G + 2 - 3) // stride + 1
         s = ops.mul_mat(ctx, self._c[f"mean{Go}"], ops.cont(ctx, ops.transpose(ctx, h)))  # (C, 1)
         s = ops.reshape(ctx, s, (1, C))
         sq = self._w(prefix + "1.fc1.bias").shape[0]
         s = ops.add(ctx, ops.mul_mat(ctx, self._matrix(ctx, prefix + "1.fc1.weight", sq), s),
                     self._f32(ctx, self._w(prefix + "1.fc1.bias")))
-        s = ops._unary("relu", ctx, s)
+        s = ops.relu(ctx, s)
         s = ops.add(ctx, ops.mul_mat(ctx, self._matrix(ctx, prefix + "1.fc2.weight", C), s),
                     self._f32(ctx, self._w(prefix + "1.fc2.bias")))
-        h = ops.mul(ctx, h, ops._unary("hardsigmoid", ctx, s))
+        h = ops.mul(ctx, h, ops.hardsigmoid(ctx, s))
         h = ops.mul_mat(ctx, self._matrix(ctx, prefix + "2.0.weight", C), h)
         h = self._layer_norm(ctx, h, prefix + "2.1", eps)
         return ops.add(ctx, h, x) if stride == 1 else h

@@ -94,6 +94,32 @@ def test_unary_activations_match_torch(sched, op, ref, atol):
     close(run(sched, lambda ctx, x: op(ctx, x), x=x), ref(torch.from_numpy(x)).numpy(), atol=atol, rtol=1e-3)
 
 
+@pytest.mark.parametrize(
+    "op, formula",
+    [
+        (ops.relu, lambda x: np.maximum(x, 0)),
+        (ops.hardswish, lambda x: x * np.clip(x + 3, 0, 6) / 6),
+        (ops.hardsigmoid, lambda x: np.clip(x + 3, 0, 6) / 6),
+    ],
+    ids=["relu", "hardswish", "hardsigmoid"],
+)
+def test_piecewise_activations_match_their_numpy_formulas_at_and_around_the_kinks(sched, op, formula):
+    # MobileVLM's LDP blocks use these three; the kinks of relu6(x + 3) sit at -3 and 3
+    x = np.array([[-7, -3.001, -3, -2.999, -1, -0.001, 0, 0.001, 1, 2.999, 3, 3.001, 7, 1e4]], np.float32)
+    x = np.concatenate([x, randn(2, x.shape[1]) * 4])
+    close(run(sched, lambda ctx, x: op(ctx, x), x=x), formula(x.astype(np.float64)), atol=1e-6, rtol=1e-6)
+
+
+def test_unary_activations_refuse_integer_inputs_and_non_contiguous_rows(sched):
+    from ggml_bind.errors import GGMLError
+
+    for op in (ops.relu, ops.hardswish, ops.hardsigmoid):
+        with pytest.raises(GGMLError, match=op.__name__):
+            run(sched, lambda ctx, x: op(ctx, x), x=np.zeros((2, 4), np.int32))
+        with pytest.raises(GGMLError, match="contiguous"):
+            run(sched, lambda ctx, x: op(ctx, ops.transpose(ctx, x)), x=randn(3, 4))
+
+
 def test_swiglu_split_is_silu_a_times_b(sched):
     a, b = randn(3, 24), randn(3, 24)
     got = run(sched, lambda ctx, a, b: ops.swiglu_split(ctx, a, b), a=a, b=b)
