@@ -18,6 +18,7 @@ Modules, in reading order: ``errors`` (exceptions), ``lib`` (loading, checks, lo
 ``quant`` (ggml's quantizer as an oracle), ``backend`` (devices, buffers, scheduler),
 ``tensor`` (numpy <-> ggml, the one ne <-> shape reversal), ``ops`` (validated ops),
 ``graph`` (build once, reserve, recompute), ``weights`` (GGUF weights into a backend buffer).
+On top of them, ``llava.LlavaModel`` (also ``ggml_bind.LlavaModel``) runs an LLM + mmproj pair.
 """
 from .errors import *  # noqa: F401,F403  (the exception hierarchy is part of the API)
 
@@ -31,7 +32,7 @@ def __getattr__(name):
     where = {
         "Backend": "backend", "Buffer": "backend", "Scheduler": "backend", "devices": "backend",
         "has_cuda": "backend", "Context": "tensor", "Tensor": "tensor", "Graph": "graph",
-        "load_weights": "weights", "Weights": "weights",
+        "load_weights": "weights", "Weights": "weights", "LlavaModel": "llava",
     }
     if name in where:
         return getattr(importlib.import_module(f".{where[name]}", __name__), name)

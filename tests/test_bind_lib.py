@@ -44,6 +44,9 @@ def test_importing_the_packages_loads_no_c_code():
         """
         import gguflite, ggml_bind
         from ggml_bind import errors, lib, ops, tensor, graph, backend, weights, quant, _cdef
+        from ggml_bind import LlavaModel  # lazy export: imports llava, clip, llama, ... (no C)
+        from ggml_bind.llava import LlavaModel as direct
+        assert LlavaModel is direct
         maps = open("/proc/self/maps").read()
         print("LOADED" if "libggml" in maps else "CLEAN")
         """
