@@ -4,8 +4,8 @@ Property (for every input): opening it with ``gguflite.open`` and then touching 
 metadata value (string arrays walked and decoded, nested arrays recursed), every tensor's
 data view, and ``validate()``, either succeeds with a self-consistent result, or raises a
 ``GGUFError``.  Nothing else: no other exception, no more than ``ALLOC_SLACK`` bytes
-allocated beyond the file's size (tracemalloc peak), no input taking longer than
-``TIME_LIMIT`` seconds.
+allocated beyond the file's size (tracemalloc peak), no input taking more than
+``TIME_LIMIT`` seconds of CPU time (a wall-clock timer stops runaway inputs at 10x).
 
 "Self-consistent" when the read succeeds: every tensor lies inside the file, in order and
 aligned, its view has the byte size the type table gives; and where gguf-py 0.19.0 (the
@@ -46,7 +46,7 @@ from gguflite.errors import WriteError
 from gguflite.types import TYPE_TRAITS, align_up
 
 CORPUS = Path(__file__).parent / "fuzz_corpus"
-TIME_LIMIT = 1.0  # seconds per input
+TIME_LIMIT = 1.0  # CPU seconds per input (CPU, not wall-clock: the test machines are shared)
 ALLOC_SLACK = 512 * 1024  # bytes allocated beyond the file's size (Python objects, parse state)
 FUZZ_SCALE = int(os.environ.get("FUZZ_SCALE", "10"))
 
@@ -126,12 +126,10 @@ class Outcome:
 
 
 def _known(exc: BaseException) -> str | None:
-    """Findings reported to the reader's owner and pinned by a strict xfail below: the
+    """Findings reported to the reader's owner and pinned by a strict xfail: the
     fuzzers count inputs that hit them (hypothesis events) instead of stopping on them,
     so that they keep looking for new ones.  Delete an entry when its xfail turns XPASS."""
-    if isinstance(exc, ValueError) and "array is too big" in str(exc):
-        return "TensorInfo.data of a zero-size tensor whose other dims overflow numpy raises ValueError"
-    return None
+    return None  # none open (the last, a ValueError from TensorInfo.data, is fixed and tested below)
 
 
 def run_input(path) -> Outcome:
@@ -139,9 +137,9 @@ def run_input(path) -> Outcome:
     size = os.path.getsize(path)
     summary = error = known = None
     tracemalloc.start()
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     try:
-        with time_limit(TIME_LIMIT * 2):  # hard stop; the measured bound is asserted below
+        with time_limit(TIME_LIMIT * 10):  # wall-clock hard stop; the CPU-time bound is asserted below
             try:
                 summary = use_everything(path)
             except GGUFError as e:
@@ -150,7 +148,7 @@ def run_input(path) -> Outcome:
                 known = _known(e)
                 if known is None:
                     raise
-        seconds = time.perf_counter() - t0
+        seconds = time.process_time() - t0
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -514,10 +512,10 @@ def test_opening_a_megabyte_of_nested_arrays_takes_under_a_second(tmp_path):
     inner = r.p("I", V.UINT8) + r.p("Q", 0)
     p = tmp_path / "nested.gguf"
     p.write_bytes(r.header(0, 1) + r.string("k") + r.p("I", V.ARRAY) + r.p("I", V.ARRAY) + r.p("Q", n) + inner * n)
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     with gguflite.open(p) as f:
         assert len(f.fields["k"].value) == n
-    assert time.perf_counter() - t0 < TIME_LIMIT
+    assert time.process_time() - t0 < TIME_LIMIT
 
 
 def test_the_atheris_entry_point_runs_the_same_property_over_the_corpus():
@@ -527,11 +525,9 @@ def test_the_atheris_entry_point_runs_the_same_property_over_the_corpus():
         TestOneInput((CORPUS / name).read_bytes())
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="finding for gguflite/reader.py (found by atheris): a tensor with a zero dimension and "
-                          "other dims whose product overflows numpy (ne=[0, 2^62], f32) opens (0 elements, as in "
-                          "ggml) but TensorInfo.data raises numpy's ValueError 'array is too big'")
 def test_a_zero_size_tensor_with_huge_other_dims_gives_its_data_or_a_gguferror(tmp_path):
+    """Found by atheris: ne=[0, 2^62] f32 has 0 elements (ggml accepts it) but numpy cannot
+    hold the shape; TensorInfo.data raised numpy's ValueError until the reader refused it."""
     from tests.gguf_builders import Raw, pad_to
 
     r = Raw()

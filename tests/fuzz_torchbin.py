@@ -33,7 +33,6 @@ import sys
 import time
 import tracemalloc
 import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -387,15 +386,11 @@ def _zip_case(tmp_path, case: str) -> Path:
     return p
 
 
-@pytest.mark.xfail(strict=True, raises=(OSError, NotImplementedError, RuntimeError, zlib.error),
-                   reason="finding for gguflite/convert/torchbin.py: TorchBinFile catches BadZipFile, "
-                          "UnpicklingError, ... but not what zipfile raises for other damage: OSError (EINVAL seek "
-                          "from a central-directory offset past its place; bzip2 'Invalid data stream'), "
-                          "NotImplementedError (compression method 99), RuntimeError (encrypted flag), zlib.error "
-                          "(corrupt deflate stream)")
 @pytest.mark.parametrize("case", ["central directory offset past its real place", "unknown compression method 99",
                                   "encrypted flag", "bad deflate", "bad bzip2"])
 def test_zip_layer_damage_is_a_checkpointerror(tmp_path, case):
+    """Each of these raised something other than CheckpointError (OSError, NotImplementedError,
+    RuntimeError, zlib.error) until the reader caught everything zipfile raises."""
     p = _zip_case(tmp_path, case)
     try:
         with TorchBinFile(p) as f:
@@ -408,6 +403,31 @@ def test_zip_layer_damage_is_a_checkpointerror(tmp_path, case):
             return
         raise
     pytest.fail("damaged zip read without an error")
+
+
+def _declared_sizes_past_the_end(raw: bytes) -> bool:
+    """Some member's central-directory compressed size runs past the end of the file (the
+    finding pinned by the next test)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(raw)) as z:
+            return any(i.header_offset + i.compress_size > len(raw) for i in z.infolist())
+    except Exception:  # noqa: BLE001  (an unreadable directory cannot be this finding)
+        return False
+
+
+@pytest.mark.xfail(strict=True, reason="finding for gguflite/convert/torchbin.py (found by the mutation fuzzer): "
+                   "a central-directory compressed size is not checked against the file size; ZipFile.read then "
+                   "asks the file object for that many bytes and Python allocates the whole buffer first "
+                   "(a 1 KB file whose data.pkl claims 64 MB peaks at 64 MB; up to 4 GB, or 2^64 with ZIP64)")
+def test_a_compressed_size_past_the_end_of_the_file_allocates_about_the_file_size(tmp_path):
+    p = torch_zip(tmp_path / "cs.bin", state_dict({"w": tensor_ops()}), {"0": np.ones(4, np.float32).tobytes()})
+    raw = bytearray(p.read_bytes())
+    cd = raw.find(b"PK\x01\x02")  # data.pkl's central-directory entry
+    struct.pack_into("<I", raw, cd + 20, 64 << 20)
+    p.write_bytes(bytes(raw))
+    assert _declared_sizes_past_the_end(bytes(raw))
+    peak = _peak(lambda: _open_and_load(p))
+    assert peak <= 2 * len(raw) + ALLOC_SLACK, f"peak {peak} bytes for a {len(raw)}-byte file"
 
 
 # --------------------------------------------------------------------------- crashes
@@ -440,10 +460,8 @@ def test_a_deeply_nested_dict_key_does_not_crash_the_interpreter(tmp_path):
     assert r.returncode == 0 and r.stdout.strip() == "CheckpointError", (r.returncode, r.stderr[-500:])
 
 
-@pytest.mark.xfail(strict=True, raises=RecursionError,
-                   reason="finding for gguflite/convert/torchbin.py: persistent_load formats an unsupported pid "
-                          "with {pid!r}; a list nested 200k deep makes repr raise RecursionError (not caught)")
 def test_a_deeply_nested_persistent_id_is_refused_with_a_checkpointerror(tmp_path):
+    """repr() of a 200k-deep list in persistent_load's message raised RecursionError (fixed)."""
     n = 200_000
     p = torch_zip(tmp_path / "pid.bin", b"\x80\x02" + b"]" * n + b"a" * (n - 1) + b"Q.")
     with pytest.raises(CheckpointError):
@@ -454,12 +472,9 @@ def test_a_deeply_nested_persistent_id_is_refused_with_a_checkpointerror(tmp_pat
 
 
 def _known(exc: BaseException) -> str | None:
-    if isinstance(exc, RecursionError):
-        return "RecursionError on deep nesting"
-    if isinstance(exc, (OSError, NotImplementedError, RuntimeError, zlib.error)):
-        return f"zipfile's {type(exc).__name__} not wrapped in CheckpointError"
-    if isinstance(exc, ValueError) and ("dimension" in str(exc) or "too big" in str(exc)):
-        return "load() of a shape numpy cannot make raises ValueError"
+    """Reported findings that raise something other than CheckpointError (each pinned by a
+    strict xfail above); the fuzzer counts them instead of stopping.  None open now: the
+    zipfile exceptions and the RecursionError are caught by the reader since 24776d8."""
     return None
 
 
@@ -531,9 +546,9 @@ def check_bin(raw: bytes, path: Path, marker: Path) -> None:
     outcome = None
     snapshot = _allow_list_state()
     tracemalloc.start()
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     try:
-        with time_limit(TIME_LIMIT * 2):
+        with time_limit(TIME_LIMIT * 10):
             try:
                 with TorchBinFile(path) as f:
                     for t in f.tensors.values():
@@ -553,7 +568,7 @@ def check_bin(raw: bytes, path: Path, marker: Path) -> None:
                         Path(os.environ["FUZZ_DUMP"]).write_bytes(raw)
                     raise
                 outcome = f"known finding: {known}"
-        seconds = time.perf_counter() - t0
+        seconds = time.process_time() - t0
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -563,6 +578,9 @@ def check_bin(raw: bytes, path: Path, marker: Path) -> None:
         event("known finding: BUILD changed the allow list")
         _restore(snapshot)
     assert seconds < TIME_LIMIT, f"{seconds:.2f} s"
+    if peak > size + ALLOC_SLACK and _declared_sizes_past_the_end(raw):
+        event("known finding: a compressed size past the end allocates that size")
+        return
     assert peak <= size + ALLOC_SLACK, f"peak allocation {peak} bytes for a {size}-byte file"
 
 
