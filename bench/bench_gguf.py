@@ -1,6 +1,6 @@
 """Benchmark: gguflite's reader and writer against gguf-py 0.19.0 and ``cp``, same run.
 
-    python -m bench.bench_gguf [--write-size 2G] [--runs 3] [--no-doc]
+    python -m bench.bench_gguf [--write-size 2G] [--runs 3] [--peer-runs 1] [--write-runs 5] [--no-doc]
 
 Parse: a file like a real LLM's header (150k-token vocabulary: tokens, scores, token
 types, 150k merges; 300 small tensors, about 7 MB) is opened in a fresh child process by
@@ -11,8 +11,10 @@ row also decodes all 300k strings to Python str.
 
 Write: ``--write-size`` bytes of F32 tensors (64 MiB each) written by GGUFWriter in a
 child process, (a) from numpy arrays in memory and (b) re-written from a GGUF file (the
-editor's and splitter's path), against ``cp`` of the same bytes; both sides fsync their
-output (``cp`` then ``sync FILE``), so the figures are durable-write throughput.
+editor's and splitter's path, copied in-kernel with copy_file_range), against ``cp`` of
+the same bytes; both sides fsync their output (``cp`` then ``sync FILE``), so the figures
+are durable-write throughput.  Each measurement starts after a global ``sync`` and the
+order rotates between rounds; on a shared machine the spread is still large.
 
 Prints a markdown table and, unless --no-doc, replaces the ``gguf`` section of
 docs/BENCHMARKS.md.
@@ -179,7 +181,7 @@ def bench_parse(tmp: str, runs: int, peer_runs: int, root: str, cmd: str) -> tup
     ]
 
 
-def bench_write(tmp: str, size: int, runs: int, root: str, cmd: str) -> list[report.Row]:
+def bench_write(tmp: str, size: int, runs: int, root: str, cmd: str) -> tuple[str, list[report.Row]]:
     size = max(BLOCK, size // BLOCK * BLOCK)
     gb = size / 1e9
     src = os.path.join(tmp, "src.gguf")
@@ -198,7 +200,10 @@ def bench_write(tmp: str, size: int, runs: int, root: str, cmd: str) -> list[rep
                 times[kind].append(_child(["write", kind, src, out, str(size)], root)[0]["seconds"])
             os.unlink(out)
     tput = {k: gb / float(np.median(v)) for k, v in times.items()}
-    return [
+    per_round = {k: ", ".join(f"{c / o:.2f}" for o, c in zip(times[k], times["cp"])) for k in ("arrays", "rewrite")}
+    note = (f"Per-round ours/cp throughput ratios (the spread on this machine): from arrays {per_round['arrays']}; "
+            f"rewrite {per_round['rewrite']}.")
+    return note, [
         report.Row(f"write {gb:.2f} GB of F32 tensors from numpy arrays (fsync) vs cp + sync", tput["arrays"],
                    tput["cp"], "GB/s", "higher", runs, 1, cmd, target=0.9),
         report.Row(f"rewrite a {gb:.2f} GB GGUF through GGUFWriter (fsync) vs cp + sync", tput["rewrite"],
@@ -211,6 +216,7 @@ def main(argv=None) -> int:
     ap.add_argument("--write-size", type=_parse_size, default=2 << 30, help="bytes of tensors to write (default 2G)")
     ap.add_argument("--runs", type=int, default=3, help="runs of each gguflite measurement and of cp")
     ap.add_argument("--peer-runs", type=int, default=1, help="runs of gguf-py's parse (slow: ~10-90 s each)")
+    ap.add_argument("--write-runs", type=int, default=5, help="rounds of the write comparison (noisy: use several)")
     ap.add_argument("--no-doc", action="store_true", help="do not update docs/BENCHMARKS.md")
     ap.add_argument("--skip-write", action="store_true")
     ap.add_argument("--tmp", default=None, help="scratch folder (default: the system temp folder)")
@@ -229,17 +235,21 @@ def main(argv=None) -> int:
         return 0
     root = str(Path(__file__).resolve().parents[1])
     cmd = "python -m bench.bench_gguf" + ("" if args.write_size == 2 << 30 else f" --write-size {_size_str(args.write_size)}") \
-        + ("" if args.runs == 3 else f" --runs {args.runs}") + ("" if args.peer_runs == 1 else f" --peer-runs {args.peer_runs}")
+        + ("" if args.runs == 3 else f" --runs {args.runs}") + ("" if args.peer_runs == 1 else f" --peer-runs {args.peer_runs}") \
+        + ("" if args.write_runs == 5 else f" --write-runs {args.write_runs}")
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         baseline, rows = bench_parse(tmp, args.runs, args.peer_runs, root, cmd)
+        note = ""
         if not args.skip_write:
-            rows += bench_write(tmp, args.write_size, args.runs, root, cmd)
+            note, write_rows = bench_write(tmp, args.write_size, args.write_runs, root, cmd)
+            rows += write_rows
     body = (f"## GGUF parse/write\n\nMeasured {report.stamp()} with `{cmd}`; medians of {args.runs} runs ({args.peer_runs} of gguf-py's "
-            "slow parse), each in a fresh child process. Parse time is measured inside the child around the parse (imports excluded); "
+            f"slow parse, {args.write_runs} rounds of the write comparison in rotating order, each measurement "
+            "after a `sync`), each in a fresh child process. Parse time is measured inside the child around the parse (imports excluded); "
             "peak RSS is the child's VmHWM (interpreter and numpy included, for both readers; a child that only "
             f"imports numpy, gguf and gguflite peaks at {baseline:.0f} MiB). Write throughput "
             "includes fsync on both sides (`cp` is followed by `sync FILE`). The machine was shared with other "
-            "jobs, so expect noise.\n\n" + report.table(rows))
+            "jobs, so expect noise.\n\n" + report.table(rows) + (f"\n{note}\n" if note else ""))
     print(body)
     if not args.no_doc:
         report.update_section("gguf", body)
