@@ -18,6 +18,7 @@ from ggml_bind import preprocess as pp  # noqa: E402
 from ggml_bind.clip import ClipEncoder, MmprojError  # noqa: E402
 
 pytestmark = pytest.mark.slow
+TOL = 1 / 255 / min(pp.CLIP_STD)  # one grey level, after normalisation
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +78,18 @@ def hf15(root, backend):
     fx, llm, mm = converted(root, "llava-hf-1.5")
     model = transformers.LlavaForConditionalGeneration.from_pretrained(fx.model_dir, dtype=torch.float32).eval()
     return model, ClipEncoder(mm, backend)
+
+
+@pytest.mark.parametrize("w,h", [(400, 300), (200, 500)])
+def test_llava_hf_15_mmproj_preprocesses_as_its_clip_image_processor_without_padding(root, hf15, w, h):
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    model, enc = hf15
+    assert enc.params.image.mode == "crop"  # from the file's image_aspect_ratio, no override
+    processor = CLIPImageProcessorPil.from_pretrained(make_checkpoint("llava-hf-1.5", root / "ck").model_dir)
+    im = image(w, h, w)
+    ref = processor(im, return_tensors="np")["pixel_values"]
+    np.testing.assert_allclose(pp.preprocess(im, enc.params.image).pixels, ref, atol=TOL, rtol=0)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -256,7 +269,7 @@ def test_legacy_key_set_and_fc_naming_load_and_give_the_same_tokens(hf15, backen
     dst = rewrite(enc32.path, tmp_path / "legacy.gguf", None,
                   drop_keys=("clip.vision.feature_layer", "clip.vision.image_aspect_ratio", "general.type"),
                   legacy_ffn=True)
-    enc = ClipEncoder(dst, backend, image_mode="crop")
+    enc = ClipEncoder(dst, backend, image_mode="crop")  # without the key a file means LLaVA-1.5's pad
     assert enc.params.n_run == enc32.params.n_run  # all stored blocks, not one fewer (#25817)
     prep = pp.preprocess(image(300, 300, 4), enc.params.image)
     np.testing.assert_allclose(enc.encode(prep), enc32.encode(prep), rtol=0, atol=1e-5)

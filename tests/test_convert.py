@@ -237,6 +237,30 @@ def test_mmproj_metadata_selects_the_layer_llava_reads(converted, fixtures, layo
         assert "clip.vision.image_grid_pinpoints" not in f
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_mmproj_image_aspect_ratio_names_the_preprocessing_the_checkpoint_was_trained_with(converted, fixtures,
+                                                                                         layout):
+    # LLaVA's process_images: "pad" expands to a square, "anyres" tiles, anything else is the
+    # plain CLIP processor; llava-hf 1.5's CLIPImageProcessor resizes and centre-crops, no pad
+    config = json.load(open(os.path.join(fixtures[layout].model_dir, "config.json")))
+    want = {"llava-hf-1.5": "square", "llava-hf-1.6-mistral": "anyres"}.get(layout, config.get("image_aspect_ratio"))
+    assert want in ("pad", "anyres", "square")
+    f = _fields(converted[layout][1])
+    assert f["clip.vision.image_aspect_ratio"].types == [gguf.GGUFValueType.STRING]
+    assert _value(f["clip.vision.image_aspect_ratio"]) == want
+
+
+def test_an_original_config_without_image_aspect_ratio_gets_llavas_plain_processor():
+    from gguflite.convert.layouts import detect
+
+    config = {"architectures": ["LlavaLlamaForCausalLM"], "mm_projector_type": "mlp2x_gelu",
+              "mm_vision_tower": "openai/clip-vit-large-patch14-336"}
+    assert detect("/nonexistent", config).image_aspect_ratio == "square"  # process_images' else branch
+    assert detect("/nonexistent", dict(config, image_aspect_ratio="pad")).image_aspect_ratio == "pad"
+    with pytest.raises(CheckpointError, match="image_aspect_ratio"):
+        detect("/nonexistent", dict(config, image_aspect_ratio=["pad"]))
+
+
 @pytest.mark.parametrize("layout", ["llava-1.5", "llava-hf-1.5"])
 def test_the_vocabulary_is_sentencepieces_plus_added_tokens_and_padding(converted, fixtures, layout):
     import sentencepiece
@@ -852,7 +876,9 @@ def test_hyperparameters_resolve_as_transformers_resolves_the_real_configs(confi
     assert vp.eps == pytest.approx(rv.layer_norm_eps)
     layout.vision = vp
     assert layout.feature_layer == 23 == n + ref.vision_feature_layer + 1
-    assert layout.grid_pinpoints == getattr(ref, "image_grid_pinpoints", None)
+    pins = getattr(ref, "image_grid_pinpoints", None)
+    assert layout.grid_pinpoints == pins
+    assert layout.image_aspect_ratio == ("anyres" if pins else "square")
 
 
 @pytest.mark.parametrize("outtype", ["f32", "bf16", "q8_0"])

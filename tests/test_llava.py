@@ -18,6 +18,7 @@ from ggml_bind.llava import LlavaError, LlavaModel  # noqa: E402
 
 pytestmark = pytest.mark.slow
 N_NEW = 32
+TOL = 1 / 255 / min(pp.CLIP_STD)  # one grey level, after normalisation
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +77,14 @@ def hf_generate_from_embeds(lm, embeds):
 
 def test_llava_hf_15_greedy_answer_equals_transformers_generate(root):
     fx, llm, mm = converted(root, "llava-hf-1.5")
-    m = load(llm, mm, image_mode="crop", n_ctx=1024)
+    m = load(llm, mm, n_ctx=1024)
     img = image(320, 240, 1)
+    # the mmproj's image_aspect_ratio selects llava-hf's processor: resize + centre crop, no pad
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    assert m.encoder.params.image.mode == "crop"
+    ref_pix = CLIPImageProcessorPil.from_pretrained(fx.model_dir)(img, return_tensors="np")["pixel_values"]
+    np.testing.assert_allclose(pp.preprocess(img, m.encoder.params.image).pixels, ref_pix, atol=TOL, rtol=0)
     got = list(m.generate_tokens("What is in the picture?", images=[img], max_tokens=N_NEW))
     text = m.format_prompt("What is in the picture?", 1)
     a, img_ids, b = reference_ids(fx, text, 576, N_SP)

@@ -14,7 +14,15 @@ Anything else is refused by name.  A ``Layout`` says how each source tensor name
 into a part (``llm``, ``vision``, ``projector``, ``newline``) plus a local name for the
 tables in ``gguflite.names``, and carries the hyperparameters: the LLM's (``TextParams``),
 the vision tower's (``VisionParams``), the projector type, the feature layer and the
-LLaVA-1.6 anyres settings.
+image preprocessing settings.
+
+Preprocessing is written as LLaVA's own ``image_aspect_ratio`` vocabulary (LLaVA's
+``mm_utils.process_images``): ``pad`` (expand to a square, then the CLIP processor),
+``anyres`` (LLaVA-1.6 tiles), anything else the plain CLIP processor (resize, centre crop);
+LLaVA's training default and our name for that is ``square``.  The original layouts pass the
+config's value on, ``square`` when it has none (``process_images`` then falls through to the
+plain processor); llava-hf 1.5's CLIPImageProcessor never pads: ``square``; llava-hf 1.6:
+``anyres``.
 
 Hyperparameters missing from a config take the defaults of the transformers config class
 the checkpoint was written with (llava-hf's ``text_config`` omits e.g. ``hidden_size``
@@ -107,7 +115,7 @@ class Layout:
     tower_hint: str | None  # mm_vision_tower: a hub name or a local folder
     grid_pinpoints: list | None = None  # [[h, w], ...] for LLaVA-1.6 anyres
     patch_merge_type: str | None = None
-    image_aspect_ratio: str | None = None
+    image_aspect_ratio: str | None = None  # "pad" | "anyres" | "square" (plain CLIP processor)
     pad_token_id: int | None = None
     vision: VisionParams | None = field(default=None)
 
@@ -196,7 +204,7 @@ def detect(folder: str, config: dict, projector: str = "auto") -> Layout:
         hint = config.get("mm_vision_tower")
         pinpoints = config.get("image_grid_pinpoints")
         merge = config.get("mm_patch_merge_type")
-        aspect = config.get("image_aspect_ratio")
+        aspect = config.get("image_aspect_ratio") or "square"
         pad = config.get("pad_token_id")
     else:
         tc = config.get("text_config") or {}
@@ -217,7 +225,7 @@ def detect(folder: str, config: dict, projector: str = "auto") -> Layout:
         hint = None
         pinpoints = config.get("image_grid_pinpoints") if kind == "llava-next-hf" else None
         merge = "spatial_unpad" if kind == "llava-next-hf" else None
-        aspect = "anyres" if kind == "llava-next-hf" else None
+        aspect = "anyres" if kind == "llava-next-hf" else "square"
         pad = config.get("pad_token_id", tc.get("pad_token_id"))
     if projector == "auto":
         if auto is None:
@@ -235,6 +243,9 @@ def detect(folder: str, config: dict, projector: str = "auto") -> Layout:
     if pinpoints is not None and not (isinstance(pinpoints, list) and all(
             isinstance(p, list) and len(p) == 2 and all(isinstance(x, int) and x > 0 for x in p) for p in pinpoints)):
         raise CheckpointError(f"malformed image_grid_pinpoints {pinpoints!r}", path=where, key="image_grid_pinpoints")
+    if not isinstance(aspect, str):
+        raise CheckpointError(f"image_aspect_ratio must be a string, got {aspect!r}", path=where,
+                              key="image_aspect_ratio")
     return Layout(kind, arch, text, projector, select, vision_cfg, hint, pinpoints, merge, aspect,
                   pad if isinstance(pad, int) and not isinstance(pad, bool) else None)
 
