@@ -78,7 +78,17 @@ def test_any_dict_of_arrays_round_trips(tmp_path_factory, arrays):
     ({"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 0]}}, b"", "non-negative"),
     ({"a": {"dtype": "F32", "shape": [True], "data_offsets": [0, 4]}}, b"\0" * 4, "non-negative"),
     ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0]}}, b"\0" * 4, "data_offsets"),
-    ({"a": {"dtype": "F32", "shape": [2 ** 62], "data_offsets": [0, 2 ** 64]}}, b"", "ends at"),
+    ({"a": {"dtype": "F32", "shape": [2 ** 60], "data_offsets": [0, 2 ** 62]}}, b"", "ends at"),
+    ({"a": {"dtype": "F32", "shape": [2 ** 62], "data_offsets": [0, 2 ** 64]}}, b"", "too big for numpy"),
+    ({"a": {"dtype": "F32", "shape": [0, 2 ** 61], "data_offsets": [0, 0]}}, b"", "too big for numpy"),
+    ({"a": {"dtype": "F32", "shape": [1] * 65, "data_offsets": [0, 4]}}, b"\0" * 4, "more than 64"),
+    ({"a": {"dtype": ["F32"], "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4, "unknown dtype"),
+    ({"a": {"dtype": {"F32": 1}, "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4, "nests an object"),
+    ({"__metadata__": "", "a": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]}}, b"\0", "__metadata__"),
+    ({"__metadata__": 0}, b"", "__metadata__"),
+    ({"__metadata__": None}, b"", "__metadata__"),
+    ({"a": {"dtype": "F32", "shape": [[1]], "data_offsets": [0, 4]}}, b"\0" * 4, "nests a list"),
+    ({"a": [{"dtype": "F32"}]}, b"", "nests a list"),
     ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4], "extra": 1}}, b"\0" * 4, "malformed"),
     ({"__metadata__": {"k": 1}}, b"", "__metadata__"),
     ([1, 2], b"", "JSON object"),
@@ -193,3 +203,36 @@ def test_a_folder_without_weights_or_config_is_refused(tmp_path):
     (tmp_path / "config.json").write_text("[1]")
     with pytest.raises(CheckpointError, match="JSON object"):
         Checkpoint(tmp_path)
+
+
+def test_a_header_whose_parse_would_cost_far_more_than_the_file_is_refused_before_parsing(tmp_path):
+    """90k tiny metadata strings (~1 MB of JSON) would cost ~20 MB as Python objects."""
+    meta = b'{"__metadata__": {' + b",".join(b'"%x": ""' % i for i in range(90_000)) + b"}}"
+    path = tmp_path / "meta.safetensors"
+    path.write_bytes(struct.pack("<Q", len(meta)) + meta)
+    with pytest.raises(CheckpointError, match="memory to parse") as e:
+        SafetensorsFile(path)
+    assert str(path) in str(e.value)
+
+
+def test_a_header_nested_deeper_than_the_format_is_refused_without_recursion(tmp_path):
+    deep = b'{"a": {"shape": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}"
+    path = tmp_path / "deep.safetensors"
+    path.write_bytes(struct.pack("<Q", len(deep)) + deep)
+    with pytest.raises(CheckpointError, match="nests a list") as e:
+        SafetensorsFile(path)
+    assert e.value.offset == 8 + deep.index(b"[[")+1
+
+
+def test_many_zero_size_tensors_and_a_large_metadata_still_agree_with_the_rust_reader(tmp_path):
+    from safetensors.numpy import save
+
+    arrays = {f"t{i}": np.zeros((0, 3), np.float32) for i in range(500)}
+    arrays["w"] = np.arange(6, dtype=np.float32).reshape(2, 3)
+    meta = {f"k{i}": "v" * 10 for i in range(2000)}
+    path = tmp_path / "many.safetensors"
+    path.write_bytes(save(arrays, metadata=meta))
+    with SafetensorsFile(path) as f:
+        assert f.metadata == meta and set(f.tensors) == set(arrays)
+        np.testing.assert_array_equal(f.tensors["w"].load(), arrays["w"])
+        assert f.tensors["t7"].load().shape == (0, 3)

@@ -4,11 +4,23 @@ File layout: ``u64 little-endian N`` | ``N bytes of JSON header`` | byte buffer.
 maps each tensor name to ``{"dtype", "shape", "data_offsets": [begin, end]}`` (offsets
 relative to the byte buffer) plus an optional ``"__metadata__"`` dict of strings.
 
-One validation pass (after safetensors' ``Metadata::validate``), all in Python ints: the
-header size is capped and inside the file, the JSON is an object without duplicate names,
-every dtype is known, shapes are lists of non-negative ints, ``end - begin`` equals the
-element count times the item size, and the sorted ranges tile the buffer exactly from 0 to
-its end (no gaps, no overlaps, nothing past the file).  The file is memory-mapped read-only;
+Before ``json.loads`` builds anything, ``_prescan`` walks the header's tokens (one regex
+match at a time, no token list) and refuses what the format cannot contain and what would
+make the parse costly: nesting deeper than the format's 3 levels (header object ->
+entry object -> shape/offset list), a list outside an entry, an object inside a list,
+a list of more than ``MAX_DIMS`` elements, and a header whose parsed Python objects
+would cost more than the file's size plus ``PARSE_BUDGET`` bytes (estimated per token).
+So a hostile header can neither overflow the parser's stack nor make it allocate
+~25x its size in tiny lists or strings.
+
+Then one validation pass (after safetensors' ``Metadata::validate``), all in Python ints:
+the header size is capped and inside the file, the JSON is an object without duplicate
+names, ``__metadata__`` (if present) is an object of strings to strings, every dtype is a
+known name, shapes are lists of at most ``MAX_DIMS`` non-negative ints that numpy can hold
+(product of the non-zero dims times the item size < 2**63, so even a zero-size tensor
+cannot have a huge dim), ``end - begin`` equals the element count times the item size,
+and the sorted ranges tile the buffer exactly from 0 to its end (no gaps, no overlaps,
+nothing past the file).  The file is memory-mapped read-only;
 ``load()`` returns a zero-copy read-only numpy view.  BF16 has no numpy dtype and comes back
 as raw ``uint16`` bits (``CheckpointTensor.dtype`` says "BF16").
 """
@@ -17,6 +29,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +37,14 @@ import numpy as np
 from ..errors import CheckpointError
 
 MAX_HEADER_SIZE = 100_000_000  # safetensors' own cap
+MAX_DIMS = 64  # numpy's NPY_MAXDIMS; also bounds every list in the header
+PARSE_BUDGET = 16 * 1024 * 1024  # bytes of parsed header allowed beyond the file's size
+# estimated bytes of Python objects json.loads makes per token (CPython 3.11, measured
+# generously): a str is ~50 bytes + its length, an object a dict + its (key, value) pair
+# tuples, a list ~64 bytes, and each "," one more pair tuple / list slot / int.
+_COST_STR, _COST_OBJECT, _COST_LIST, _COST_COMMA = 64, 400, 120, 120
+# a JSON string (escapes included) or one structural character; everything else skipped
+_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{},]', re.DOTALL)
 
 # safetensors dtype -> numpy dtype of one element (BF16 as raw bits)
 DTYPES: dict[str, np.dtype] = {
@@ -79,10 +100,15 @@ class SafetensorsFile:
         self.data_start = 8 + n
         self.size = size
         try:
+            _prescan(raw, size, self.path)
             header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
-        except (UnicodeDecodeError, ValueError) as e:
+        except CheckpointError:
             self.close()
-            raise CheckpointError(f"header is not valid JSON: {e}", path=self.path, offset=8) from None
+            raise
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:  # RecursionError: belt and braces
+            self.close()
+            raise CheckpointError(f"header is not valid JSON: {type(e).__name__}: {e}", path=self.path,
+                                  offset=8) from None
         try:
             self.metadata, self.tensors = self._validate(header)
         except CheckpointError:
@@ -95,21 +121,29 @@ class SafetensorsFile:
 
         if not isinstance(header, dict):
             raise bad("header is not a JSON object")
-        meta = header.pop("__metadata__", None) or {}
+        # like the Rust reader: absent or an object of strings (not [], "", 0, false or null)
+        meta = header.pop("__metadata__", {})
         if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
-            raise bad("__metadata__ must map strings to strings")
+            raise bad(f"__metadata__ must map strings to strings, got {_short(meta)}")
         tensors: dict[str, SafetensorsTensor] = {}
         ranges = []
         for name, info in header.items():
             if not isinstance(info, dict) or set(info) - {"dtype", "shape", "data_offsets"}:
-                raise bad(f"malformed entry {info!r}", name)
+                raise bad(f"malformed entry {_short(info)}", name)
             dtype, shape, offs = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-            if dtype not in DTYPES:
-                raise bad(f"unknown dtype {dtype!r}", name)
+            if not isinstance(dtype, str) or dtype not in DTYPES:
+                raise bad(f"unknown dtype {_short(dtype)}", name)
             if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
-                raise bad(f"shape must be a list of non-negative ints, got {shape!r}", name)
+                raise bad(f"shape must be a list of non-negative ints, got {_short(shape)}", name)
+            if len(shape) > MAX_DIMS:
+                raise bad(f"shape has {len(shape)} dims, more than the {MAX_DIMS} numpy can hold", name)
+            nonzero = 1
+            for d in shape:
+                nonzero *= d or 1
+            if nonzero * DTYPES[dtype].itemsize >= 2**63:
+                raise bad(f"shape {_short(shape)} is too big for numpy (dims product x item size >= 2**63)", name)
             if not (isinstance(offs, list) and len(offs) == 2 and all(_is_int(o) for o in offs)):
-                raise bad(f"data_offsets must be [begin, end], got {offs!r}", name)
+                raise bad(f"data_offsets must be [begin, end], got {_short(offs)}", name)
             begin, end = offs
             count = 1
             for d in shape:
@@ -153,6 +187,66 @@ class SafetensorsFile:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _prescan(raw: bytes, file_size: int, path: str) -> None:
+    """Refuse, before any parsing, a header that is not shaped like the format's
+    ``{name: {key: str | [numbers]}}`` or whose parse would cost too much memory.
+
+    Only nesting, list lengths and an estimate of the parsed size are checked here;
+    everything else (syntax, types, values) is left to ``json.loads`` and ``_validate``.
+    The walk is token by token, so its own memory is constant."""
+    # kinds of the open containers: "{" or "["; at most 3 open, so this stays tiny
+    stack: list[bytes] = []
+    items = 0  # commas in the innermost open list
+    cost = 0
+    budget = file_size + PARSE_BUDGET
+
+    def bad(msg, at):
+        return CheckpointError(msg, path=path, offset=8 + at)
+
+    for m in _TOKEN.finditer(raw):
+        tok = m.group()
+        c = tok[:1]
+        if c == b'"':
+            cost += _COST_STR + len(tok)
+        elif c == b"{":
+            if len(stack) >= 2 or stack[-1:] == [b"["]:
+                raise bad("header nests an object where the format has none (it is "
+                          "{name: {key: str | [numbers]}})", m.start())
+            stack.append(c)
+            cost += _COST_OBJECT
+        elif c == b"[":
+            if not stack:
+                raise bad("header is not a JSON object", m.start())
+            if len(stack) != 2 or stack[-1] != b"{":
+                raise bad("header nests a list where the format has none (it is "
+                          "{name: {key: str | [numbers]}}; at most 3 levels)", m.start())
+            stack.append(c)
+            items = 0
+            cost += _COST_LIST
+        elif c in b"]}":
+            if stack:
+                stack.pop()
+        else:  # ","
+            cost += _COST_COMMA
+            if stack[-1:] == [b"["]:
+                items += 1
+                if items >= MAX_DIMS:
+                    raise bad(f"header has a list of more than {MAX_DIMS} elements (shapes have at most "
+                              f"{MAX_DIMS} dims, data_offsets 2)", m.start())
+        if cost > budget:
+            raise bad(f"header would take more than {budget} bytes of memory to parse (about {cost} so far): "
+                      f"more entries than a {file_size}-byte file needs", m.start())
+
+
+def _short(x, limit: int = 80) -> str:
+    """repr of a value from a header, cut short (a hostile header can make it huge)."""
+    try:
+        r = repr(x)
+    except RecursionError:
+        return f"<{type(x).__name__}>"
+    return r if len(r) <= limit else r[:limit] + "..."
 
 
 def _is_int(x) -> bool:
