@@ -12,8 +12,10 @@ new header has exactly the byte size of the old one (padding included) and the t
 keep their order and sizes, only the changed bytes of the header are written, in place
 (one ``pwrite`` and an fsync: fast, but not crash-atomic); otherwise, or with
 ``in_place=False``, or when writing to another path, the whole file is streamed into a
-temp file and renamed over the target (atomic).  Either way the result is byte for byte
-what a rewrite would give (for files whose last tensor is padded, as writers do).
+temp file and renamed over the target (atomic, through the writer's ``AtomicFile``).  Either
+way the result is byte for byte what a rewrite would give (for files whose last tensor is
+padded, as writers do), and either way temp files of the target left by a killed earlier
+run are removed (``gguflite.writer.remove_stale_temps``).
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import numpy as np
 from .errors import DuplicateTensor, GGUFError, WriteError
 from .reader import Field, GGUFFile
 from .types import GGML_MAX_NAME, ValueType, align_up
-from .writer import GGUFWriter, _normalize, _resolve_type, infer_type
+from .writer import GGUFWriter, _normalize, _resolve_type, infer_type, remove_stale_temps
 
 __all__ = ["Editor"]
 
@@ -120,6 +122,7 @@ class Editor:
         if in_place and out is None and same_tensors and len(header) == old_len and src.size >= old_len:
             old = bytes(src._mm[:old_len])
             src.close()
+            remove_stale_temps(self.path)  # a rewrite goes through AtomicFile, which does this
             self._write_in_place(old, header)
             self.mode = "in-place"
         else:

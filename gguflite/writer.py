@@ -6,8 +6,11 @@ afterwards the tensors one at a time, each from a numpy array, bytes, or a calla
 is called once, in order, so that at most one tensor's data is in memory.
 
 Atomic: nothing touches ``path`` before ``write()``, which writes a temporary file in the
-same folder (``<name>.tmp*``), fsyncs it and renames it over ``path``.  An exception or a
-KeyboardInterrupt at any point leaves an existing ``path`` untouched and no temp file.
+same folder (``.<name>.<pid>.<random>.gguflite-tmp``), fsyncs it and renames it over
+``path``.  An exception or a KeyboardInterrupt at any point leaves an existing ``path``
+untouched and no temp file.  A SIGKILL or a power cut cannot clean up after itself; the
+temp file's name records its target and owning process so that the next write to the same
+target removes it once that process is gone (``remove_stale_temps``).
 
 Value types (explicit on request, inferred otherwise):
 
@@ -34,8 +37,9 @@ refused for integer types.  ``general.alignment`` is always written as UINT32.
 from __future__ import annotations
 
 import os
+import re
+import stat
 import struct
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable, Union
 
@@ -60,7 +64,7 @@ from .types import (
     tensor_nbytes,
 )
 
-__all__ = ["GGUFWriter", "infer_type", "encode_kv", "TensorSource"]
+__all__ = ["GGUFWriter", "infer_type", "encode_kv", "TensorSource", "AtomicFile", "remove_stale_temps"]
 
 V = ValueType
 TensorSource = Union[np.ndarray, bytes, bytearray, memoryview, Callable[[], Any]]
@@ -558,34 +562,41 @@ class GGUFWriter:
         """Write the file atomically; returns its path.  ``progress(done, total)`` is
         called with tensor-data bytes after each tensor."""
         self._check_open()
+        with AtomicFile(self.path, fsync=self.fsync) as fh:
+            self.write_to(fh, progress)
+        return self.path
+
+    def write_to(self, fh, progress: Callable[[int, int], None] | None = None) -> None:
+        """Stream the whole file into ``fh``, a binary file opened for writing at offset 0
+        (a real file: tensors copied from other files use its descriptor).  Atomicity is
+        the caller's business; ``write()`` wraps this in an ``AtomicFile``."""
+        self._check_open()
         self._written = True
         header = self.header_bytes()
         total = sum(align_up(t.nbytes, self.alignment) for t in self._tensors.values())
-        with AtomicFile(self.path, fsync=self.fsync) as fh:
-            fh.write(header)
-            done = 0
-            for t in self._tensors.values():
-                src = t.source
-                if callable(src):
-                    src = src()
-                    t.source = None
-                    buf = self._tensor_buffer(t, src)
-                else:
-                    buf = src
-                if isinstance(buf, FileRange):
-                    _copy_range(buf, fh)
-                else:
-                    fh.write(buf)
-                del src, buf
-                pad = align_up(t.nbytes, self.alignment) - t.nbytes
-                if pad:
-                    fh.write(b"\0" * pad)
-                done += t.nbytes + pad
-                if progress is not None:
-                    progress(done, total)
+        fh.write(header)
+        done = 0
+        for t in self._tensors.values():
+            src = t.source
+            if callable(src):
+                src = src()
+                t.source = None
+                buf = self._tensor_buffer(t, src)
+            else:
+                buf = src
+            if isinstance(buf, FileRange):
+                _copy_range(buf, fh)
+            else:
+                fh.write(buf)
+            del src, buf
+            pad = align_up(t.nbytes, self.alignment) - t.nbytes
+            if pad:
+                fh.write(b"\0" * pad)
+            done += t.nbytes + pad
+            if progress is not None:
+                progress(done, total)
         for t in self._tensors.values():
             t.source = None  # release the data
-        return self.path
 
     def _check_open(self) -> None:
         if self._written:
@@ -632,20 +643,98 @@ def _check_alignment(a) -> None:
         raise BadAlignment(f"alignment must be a power of two UINT32, got {a!r}")
 
 
-class AtomicFile:
-    """``with AtomicFile(path) as fh:`` writes ``path.tmp*`` in the same folder and, on a
-    clean exit, fsyncs it and renames it over ``path``; on any exception (KeyboardInterrupt
-    included) the temp file is removed and ``path`` is untouched."""
+TEMP_SUFFIX = ".gguflite-tmp"
 
-    def __init__(self, path, fsync: bool = True, buffer_size: int = 1 << 20):
+
+def _temp_pattern(target: str) -> re.Pattern:
+    """``.<target name>.<pid>.<12 hex digits>.gguflite-tmp``: the only names we ever remove."""
+    name = re.escape(os.path.basename(target))
+    return re.compile(rf"\.{name}\.(?P<pid>[1-9][0-9]*)\.[0-9a-f]{{12}}{re.escape(TEMP_SUFFIX)}")
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (as far as this machine can tell)."""
+    if pid == os.getpid():
+        return True  # another writer of this process (a thread) may own it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # another user's process, or a pid we cannot ask about: keep the file
+    return True
+
+
+def remove_stale_temps(target) -> list[str]:
+    """Remove the temp files that writes to ``target`` left behind when their process was
+    killed: names matching ``.<target name>.<pid>.<random>.gguflite-tmp`` in the target's
+    folder, plain files only, whose pid no longer runs.  Temp files of live processes
+    (concurrent writers) stay, and so does every other name.  Returns the removed paths.
+
+    A pid reused by a new process keeps its old temp file until that process ends too
+    (the safe side).  Writers of one target on several machines sharing a folder are not
+    told apart (a pid is per machine)."""
+    target = os.fspath(target)
+    folder = os.path.dirname(os.path.abspath(target))
+    pattern = _temp_pattern(target)
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        m = pattern.fullmatch(name)
+        if m is None or _pid_alive(int(m["pid"])):
+            continue
+        path = os.path.join(folder, name)
+        try:
+            if not stat.S_ISREG(os.lstat(path).st_mode):
+                continue  # not a file we made: never follow or remove links, folders, ...
+            os.unlink(path)
+        except OSError:
+            continue  # gone already (another cleaner) or not ours to remove
+        removed.append(path)
+    return removed
+
+
+def create_temp(target) -> tuple[int, str]:
+    """Create (exclusively, mode 0600) a new temp file for ``target`` in its folder, named
+    ``.<target name>.<our pid>.<random>.gguflite-tmp``; returns (fd, path)."""
+    target = os.fspath(target)
+    folder = os.path.dirname(os.path.abspath(target))
+    base = f".{os.path.basename(target)}.{os.getpid()}."
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        path = os.path.join(folder, base + os.urandom(6).hex() + TEMP_SUFFIX)
+        try:
+            return os.open(path, flags, 0o600), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temp file name in {folder}")
+
+
+class AtomicFile:
+    """``with AtomicFile(path) as fh:`` writes a temp file in the same folder (see
+    ``create_temp``) and, on a clean exit, fsyncs it and renames it over ``path``; on any
+    exception (KeyboardInterrupt included) the temp file is removed and ``path`` is
+    untouched.  Entering first removes stale temp files of ``path`` (``remove_stale_temps``).
+
+    ``defer_rename=True`` stops after the fsync: the complete temp file stays at ``self.tmp``
+    until ``commit()`` renames it (or ``discard()`` removes it), so that a caller can check
+    several files before any of them replaces its target."""
+
+    def __init__(self, path, fsync: bool = True, buffer_size: int = 1 << 20, *, defer_rename: bool = False):
         self.path = os.fspath(path)
         self.fsync = fsync
         self.buffer_size = buffer_size
+        self.defer_rename = defer_rename
+        self.tmp: str | None = None
 
     def __enter__(self):
         folder = os.path.dirname(os.path.abspath(self.path))
+        remove_stale_temps(self.path)
         try:
-            fd, self.tmp = tempfile.mkstemp(prefix=os.path.basename(self.path) + ".tmp", dir=folder)
+            fd, self.tmp = create_temp(self.path)
         except OSError as e:
             raise WriteError(f"cannot create a temp file in {folder}: {e.strerror or e}", path=self.path) from e
         self.fh = os.fdopen(fd, "wb", buffering=self.buffer_size)
@@ -659,29 +748,45 @@ class AtomicFile:
                     os.fsync(self.fh.fileno())
                 os.fchmod(self.fh.fileno(), _mode_for(self.path))
                 self.fh.close()
-                os.replace(self.tmp, self.path)
-                if self.fsync:
-                    _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+                if not self.defer_rename:
+                    self._rename()
                 return False
         except BaseException as e:
-            self._discard()
+            self.discard()
             if isinstance(e, OSError):
                 raise WriteError(f"cannot write: {e.strerror or e}", path=self.path) from e
             raise
-        self._discard()
+        self.discard()
         if isinstance(exc, OSError):
             raise WriteError(f"cannot write: {exc.strerror or exc}", path=self.path) from exc
         return False
 
-    def _discard(self) -> None:
+    def commit(self) -> None:
+        """Rename the finished temp file over the target (``defer_rename=True`` only)."""
+        try:
+            self._rename()
+        except OSError as e:
+            self.discard()
+            raise WriteError(f"cannot write: {e.strerror or e}", path=self.path) from e
+
+    def _rename(self) -> None:
+        os.replace(self.tmp, self.path)
+        self.tmp = None
+        if self.fsync:
+            _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+
+    def discard(self) -> None:
+        """Close and remove the temp file, if it is still there."""
         try:
             self.fh.close()
-        except OSError:
+        except (OSError, AttributeError):
             pass
-        try:
-            os.unlink(self.tmp)
-        except FileNotFoundError:
-            pass
+        if self.tmp is not None:
+            try:
+                os.unlink(self.tmp)
+            except FileNotFoundError:
+                pass
+            self.tmp = None
 
 
 def _mode_for(path: str) -> int:

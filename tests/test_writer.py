@@ -285,6 +285,77 @@ def test_an_interrupted_write_leaves_the_old_file_untouched_and_no_temp_file(tmp
     assert os.listdir(tmp_path) == ["a.gguf"]
 
 
+_TEMP_CHILD = """
+import os, sys, time
+from gguflite.writer import create_temp
+fd, path = create_temp(sys.argv[1])
+os.write(fd, b"half a file")
+print(path, flush=True)
+if sys.argv[2] == "die":
+    os._exit(0)  # no cleanup, as after a SIGKILL
+time.sleep(120)
+"""
+
+
+def _temp_of_child(target, how: str):
+    """A child process creates its temp file for ``target`` the way writes do; returns
+    (process, temp path).  ``how="die"``: the child is gone (and reaped) on return."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    p = subprocess.Popen([sys.executable, "-c", _TEMP_CHILD, str(target), how], stdout=subprocess.PIPE, text=True,
+                         cwd=repo, env=dict(os.environ, PYTHONPATH=str(repo)))
+    tmp = p.stdout.readline().strip()
+    if how == "die":
+        p.wait(30)
+    return p, tmp
+
+
+def test_the_next_write_removes_dead_processes_temp_files_and_keeps_live_ones(tmp_path):
+    target = tmp_path / "m.gguf"
+    target.write_bytes(b"old contents")
+    live, live_tmp = _temp_of_child(target, "live")
+    try:
+        _, dead_tmp = _temp_of_child(target, "die")
+        _, other_tmp = _temp_of_child(tmp_path / "other.gguf", "die")  # another target's
+        assert os.path.basename(dead_tmp).startswith(".m.gguf.") and dead_tmp.endswith(".gguflite-tmp")
+        dead_pid = os.path.basename(dead_tmp).split(".")[3]
+        # names that only look like ours are never removed
+        lookalikes = [f".m.gguf.{dead_pid}.0123456789ab.tmp", f".m.gguf.{dead_pid}.xyz.gguflite-tmp",
+                      f"m.gguf.{dead_pid}.0123456789ab.gguflite-tmp", f".m.gguf.0.0123456789ab.gguflite-tmp"]
+        for name in lookalikes:
+            (tmp_path / name).write_bytes(b"x")
+        (tmp_path / f".m.gguf.{dead_pid}.ba9876543210.gguflite-tmp").symlink_to(target)
+        (tmp_path / f".m.gguf.{dead_pid}.abcdefabcdef.gguflite-tmp").mkdir()
+        before = set(os.listdir(tmp_path))
+
+        w = GGUFWriter(target)
+        w.add("k", 1)
+        w.write()
+        assert gguflite.open(target).metadata["k"] == 1
+        assert set(os.listdir(tmp_path)) == before - {os.path.basename(dead_tmp)}
+        assert os.path.exists(live_tmp) and os.path.exists(other_tmp)
+    finally:
+        live.kill()
+        live.wait()
+    # once its owner is gone, the next write removes the live writer's file too
+    w = GGUFWriter(target)
+    w.add("k", 2)
+    w.write()
+    assert not os.path.exists(live_tmp) and os.path.exists(other_tmp)
+
+
+def test_remove_stale_temps_keeps_the_temp_files_of_this_process(tmp_path):
+    from gguflite.writer import create_temp, remove_stale_temps
+
+    fd, tmp = create_temp(tmp_path / "m.gguf")
+    os.close(fd)
+    assert remove_stale_temps(tmp_path / "m.gguf") == []
+    assert os.listdir(tmp_path) == [os.path.basename(tmp)]
+
+
 def test_the_context_manager_writes_on_success_and_nothing_on_error(tmp_path):
     with GGUFWriter(tmp_path / "ok.gguf") as w:
         w.add("k", 1)

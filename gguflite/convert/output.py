@@ -3,20 +3,21 @@ them back, and renamed into place together (both files or neither).
 
 ``write_both([(final_path, metadata, plan), ...], progress)``:
 
-1. each file goes to a hidden ``.<name>.*.partial`` temp file in its final folder through
+1. each file goes to a hidden temp file in its final folder (``gguflite.writer.AtomicFile``
+   with ``defer_rename``: the writer's own temp naming and stale-file cleanup) through
    ``GGUFWriter``, whose tensor sources are callables: each tensor is loaded, permuted,
    cast or quantized only when the writer reaches it, and its CRC32 recorded;
 2. every temp file is re-opened with ``gguflite.open`` and its keys, tensor names, shapes,
    types and data CRC32s compared with what was meant;
 3. only then are the temp files renamed over the final paths.  Any exception or Ctrl-C
    before that removes every temp file; a failure between the renames removes the file
-   already renamed.
+   already renamed.  After a SIGKILL the next conversion into the same folder removes the
+   dead run's temp files.
 """
 from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import time
 import zlib
 from dataclasses import dataclass
@@ -111,41 +112,35 @@ def _out_nbytes(p: PlannedTensor) -> int:
 
 
 def write_both(jobs, progress: bool) -> None:
-    from ..writer import GGUFWriter
+    from ..writer import AtomicFile, GGUFWriter
 
     bar = _Progress(jobs, progress)
-    temps = []
+    temps: list[AtomicFile] = []
     try:
         for final, meta, plan in jobs:
-            fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(final)}.", suffix=".partial",
-                                       dir=os.path.dirname(final))
-            os.close(fd)
-            temps.append(tmp)
-            w = GGUFWriter(tmp)
+            w = GGUFWriter(final)
             for key, value, vtype in meta:
                 w.add(key, value, type=vtype)
             for p in plan:
                 w.add_tensor(p.name, p.shape, p.type, _source(p, bar))
-            w.write()
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it 0600; outputs are ordinary files
-        for (final, meta, plan), tmp in zip(jobs, temps):
-            _verify(tmp, meta, plan)
+            af = AtomicFile(final, fsync=w.fsync, defer_rename=True)
+            temps.append(af)
+            with af as fh:
+                w.write_to(fh)
+        for (final, meta, plan), af in zip(jobs, temps):
+            _verify(af.tmp, meta, plan)
         done = []
         try:
-            for (final, _, _), tmp in zip(jobs, temps):
-                os.replace(tmp, final)
+            for (final, _, _), af in zip(jobs, temps):
+                af.commit()
                 done.append(final)
         except BaseException:
             for f in done:
                 os.unlink(f)
             raise
-        temps = []
     finally:
-        for tmp in temps:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        for af in temps:
+            af.discard()  # a no-op for the committed ones
 
 
 def _source(p: PlannedTensor, bar: _Progress) -> Callable[[], np.ndarray]:
