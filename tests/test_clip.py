@@ -11,7 +11,7 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("llama_cpp", reason="libggml comes with llama-cpp-python")
 
 from gguflite.convert import convert_llava  # noqa: E402
-from tests.checkpoints import PINPOINTS, make_checkpoint  # noqa: E402
+from tests.checkpoints import make_checkpoint  # noqa: E402
 
 from ggml_bind import Backend  # noqa: E402
 from ggml_bind import preprocess as pp  # noqa: E402
@@ -114,18 +114,25 @@ def test_features_and_projection_equal_llava_for_conditional_generation(hf15, se
 def hf16(root, backend):
     fx, llm, mm = converted(root, "llava-hf-1.6-mistral")
     model = transformers.LlavaNextForConditionalGeneration.from_pretrained(fx.model_dir, dtype=torch.float32).eval()
-    # GGUF pinpoints are (width, height) pairs, as LLaVA and llama.cpp read them;
-    # transformers reads (height, width): give it the same geometry
-    model.config.image_grid_pinpoints = [[h, w] for w, h in PINPOINTS]
-    enc = ClipEncoder(mm, backend)
-    return model, enc
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    # the checkpoint's own (height, width) pinpoints; the mmproj holds them as (width, height)
+    processor = LlavaNextImageProcessorPil.from_pretrained(fx.model_dir,
+                                                          image_grid_pinpoints=model.config.image_grid_pinpoints)
+    return model, ClipEncoder(mm, backend), processor
 
 
-@pytest.mark.parametrize("w,h", [(672, 672), (500, 200), (200, 500), (1000, 330), (120, 90), (330, 1000)])
+# (120, 90): every pinpoint holds the whole image, so the first of the two least wasteful
+# (336x672 and 672x336) wins: the pinpoint order decides between a 2x1 and a 1x2 grid
+@pytest.mark.parametrize("w,h", [(672, 672), (500, 200), (200, 500), (1000, 330), (120, 90), (90, 120), (330, 1000)])
 def test_anyres_tokens_equal_llava_next_for_conditional_generation(hf16, w, h):
-    model, enc = hf16
+    model, enc, processor = hf16
     assert enc.params.image.mode == "anyres"
-    prep = pp.preprocess(image(w, h, w + h), enc.params.image)
+    im = image(w, h, w + h)
+    prep = pp.preprocess(im, enc.params.image)
+    ref_pix = processor(im, return_tensors="np")
+    assert ref_pix["pixel_values"].shape[1:] == prep.pixels.shape
+    np.testing.assert_allclose(prep.pixels, ref_pix["pixel_values"][0], atol=TOL, rtol=0)
     pix = torch.tensor(prep.pixels)[None]
     sizes = torch.tensor([[h, w]])
     with torch.no_grad():

@@ -231,7 +231,11 @@ def test_mmproj_metadata_selects_the_layer_llava_reads(converted, fixtures, layo
     np.testing.assert_allclose(_value(f["clip.vision.image_std"]), [0.26862954, 0.26130258, 0.27577711], rtol=1e-6)
     assert _value(f["clip.use_gelu"]) is False  # CLIP's quick-GELU
     if layout in ANYRES:
-        assert _value(f["clip.vision.image_grid_pinpoints"]) == [x for p in PINPOINTS for x in p]
+        config = json.load(open(os.path.join(fixtures[layout].model_dir, "config.json")))
+        assert config["image_grid_pinpoints"] == PINPOINTS
+        # GGUF holds (width, height) pairs; transformers' LlavaNext configs list (height, width)
+        pairs = [[w, h] for h, w in PINPOINTS] if layout.startswith("llava-hf") else PINPOINTS
+        assert _value(f["clip.vision.image_grid_pinpoints"]) == [x for p in pairs for x in p]
         assert f["clip.vision.image_grid_pinpoints"].types[1] == gguf.GGUFValueType.INT32
     else:
         assert "clip.vision.image_grid_pinpoints" not in f
@@ -876,8 +880,8 @@ def test_hyperparameters_resolve_as_transformers_resolves_the_real_configs(confi
     assert vp.eps == pytest.approx(rv.layer_norm_eps)
     layout.vision = vp
     assert layout.feature_layer == 23 == n + ref.vision_feature_layer + 1
-    pins = getattr(ref, "image_grid_pinpoints", None)
-    assert layout.grid_pinpoints == pins
+    pins = getattr(ref, "image_grid_pinpoints", None)  # transformers: (height, width) pairs
+    assert layout.grid_pinpoints == (None if pins is None else [[w, h] for h, w in pins])
     assert layout.image_aspect_ratio == ("anyres" if pins else "square")
 
 

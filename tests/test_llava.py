@@ -10,7 +10,7 @@ spm = pytest.importorskip("sentencepiece")
 pytest.importorskip("llama_cpp", reason="libggml comes with llama-cpp-python")
 
 from gguflite.convert import convert_llava  # noqa: E402
-from tests.checkpoints import N_SP, PINPOINTS, make_checkpoint  # noqa: E402
+from tests.checkpoints import N_SP, make_checkpoint  # noqa: E402
 
 from ggml_bind import preprocess as pp  # noqa: E402
 from ggml_bind.llama import ContextFullError  # noqa: E402
@@ -102,17 +102,25 @@ def test_llava_hf_15_greedy_answer_equals_transformers_generate(root):
 def next16(root):
     fx, llm, mm = converted(root, "llava-hf-1.6-mistral")
     model = transformers.LlavaNextForConditionalGeneration.from_pretrained(fx.model_dir, dtype=torch.float32).eval()
-    model.config.image_grid_pinpoints = [[h, w] for w, h in PINPOINTS]  # (w, h) in GGUF, (h, w) in transformers
-    return fx, load(llm, mm, n_ctx=4096), model
+    return fx, load(llm, mm, n_ctx=4096), model  # the checkpoint's own (height, width) pinpoints
 
 
-@pytest.mark.parametrize("w,h", [(500, 200), (240, 600), (672, 672)])
+# (120, 90): all pinpoints hold the whole image and 336x672 ties with 672x336, so the
+# pinpoint order (transformers' (height, width), the mmproj's (width, height)) picks the grid
+@pytest.mark.parametrize("w,h", [(500, 200), (240, 600), (672, 672), (120, 90)])
 def test_llava_next_greedy_answer_equals_transformers_generate_for_several_aspect_ratios(next16, w, h):
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
     fx, m, model = next16
     assert m.template.name == "mistral_instruct"
     img = image(w, h, w)
     got = list(m.generate_tokens("Describe the image.", images=[img], max_tokens=N_NEW))
     prep = pp.preprocess(img, m.encoder.params.image)
+    processor = LlavaNextImageProcessorPil.from_pretrained(fx.model_dir,
+                                                          image_grid_pinpoints=model.config.image_grid_pinpoints)
+    ref_pix = processor(img, return_tensors="np")["pixel_values"]
+    assert ref_pix.shape[1:] == prep.pixels.shape
+    np.testing.assert_allclose(prep.pixels, ref_pix[0], atol=TOL, rtol=0)
     n_img = pp.n_image_tokens(prep, m.encoder.params.image)
     assert m.timings["prompt_tokens"] > n_img
     a, img_ids, b = reference_ids(fx, m.format_prompt("Describe the image.", 1), n_img, N_SP)

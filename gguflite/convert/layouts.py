@@ -22,7 +22,9 @@ Preprocessing is written as LLaVA's own ``image_aspect_ratio`` vocabulary (LLaVA
 LLaVA's training default and our name for that is ``square``.  The original layouts pass the
 config's value on, ``square`` when it has none (``process_images`` then falls through to the
 plain processor); llava-hf 1.5's CLIPImageProcessor never pads: ``square``; llava-hf 1.6:
-``anyres``.
+``anyres``.  Grid pinpoints are (width, height) pairs, as LLaVA's ``select_best_resolution``
+and llama.cpp's clip.cpp read them; transformers' LlavaNext config lists (height, width)
+pairs, so llava-next-hf pinpoints are swapped.
 
 Hyperparameters missing from a config take the defaults of the transformers config class
 the checkpoint was written with (llava-hf's ``text_config`` omits e.g. ``hidden_size``
@@ -113,7 +115,7 @@ class Layout:
     select_layer: int  # as in the config: -2 = hidden_states[-2]
     vision_config: dict | None  # the tower's config when the checkpoint has one
     tower_hint: str | None  # mm_vision_tower: a hub name or a local folder
-    grid_pinpoints: list | None = None  # [[h, w], ...] for LLaVA-1.6 anyres
+    grid_pinpoints: list | None = None  # [[width, height], ...] for LLaVA-1.6 anyres
     patch_merge_type: str | None = None
     image_aspect_ratio: str | None = None  # "pad" | "anyres" | "square" (plain CLIP processor)
     pad_token_id: int | None = None
@@ -243,6 +245,8 @@ def detect(folder: str, config: dict, projector: str = "auto") -> Layout:
     if pinpoints is not None and not (isinstance(pinpoints, list) and all(
             isinstance(p, list) and len(p) == 2 and all(isinstance(x, int) and x > 0 for x in p) for p in pinpoints)):
         raise CheckpointError(f"malformed image_grid_pinpoints {pinpoints!r}", path=where, key="image_grid_pinpoints")
+    if pinpoints is not None and kind == "llava-next-hf":
+        pinpoints = [[w, h] for h, w in pinpoints]  # transformers' (height, width) -> LLaVA's (width, height)
     if not isinstance(aspect, str):
         raise CheckpointError(f"image_aspect_ratio must be a string, got {aspect!r}", path=where,
                               key="image_aspect_ratio")
