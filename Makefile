@@ -34,8 +34,10 @@ test-fast: $(STAMP)
 demo: $(STAMP)
 	$(PY) fixtures/demo.py
 
+# Sizes/devices: GGUFLITE_BENCH_SIZE=tiny|small|full|7b, GGUFLITE_BENCH_DEVICE=cpu|cuda.
 bench: $(STAMP)
 	$(PY) -m bench
+	$(PY) -m bench.profile_decode
 
 fuzz: $(STAMP)
 	$(PY) -m pytest tests -m fuzz
