@@ -137,7 +137,8 @@ def _ggpy_convert(path, order):
 
 
 def test_convert_endian_matches_gguf_py_byte_for_byte_and_round_trips(tmp_path, capsys):
-    src = make(tmp_path / "m.gguf")
+    # every type gguf-py's converter handles: f32, f16, bf16, q4_0, q8_0, q4_k, q6_k, mxfp4, nvfp4
+    src = make(tmp_path / "m.gguf", extra_types=("bf16", "mxfp4", "nvfp4"))
     original = open(src, "rb").read()
     theirs = shutil.copy(src, tmp_path / "theirs.gguf")
     _ggpy_convert(theirs, "big")
@@ -147,11 +148,14 @@ def test_convert_endian_matches_gguf_py_byte_for_byte_and_round_trips(tmp_path, 
     assert (tmp_path / "be.gguf").read_bytes() == original
 
 
+MORE_BLOCK_TYPES = ("q4_1", "q5_0", "q5_1", "q8_1", "q2_k", "q3_k", "q5_k", "q8_k", "iq4_nl", "iq4_xs",
+                    "tq1_0", "tq2_0", "mxfp4", "nvfp4", "q1_0", "q2_0")
+
+
 def test_convert_endian_swaps_the_fields_inside_more_block_types(tmp_path, capsys):
     # types gguf-py cannot convert: each must come back identical after two swaps, and the
     # f16 scale of a Q8_1 block (bytes 0-1) and the u32 qh of Q5_0 (bytes 2-5) are reversed
-    src = make(tmp_path / "m.gguf", extra_types=("q4_1", "q5_0", "q5_1", "q8_1", "q2_k", "q3_k", "q5_k",
-                                                  "q8_k", "iq4_nl", "iq4_xs", "tq1_0", "tq2_0", "mxfp4"))
+    src = make(tmp_path / "m.gguf", extra_types=MORE_BLOCK_TYPES)
     run(capsys, "convert-endian", src, "-o", tmp_path / "be.gguf")
     with gguflite.open(src) as le, gguflite.open(tmp_path / "be.gguf") as be:
         a, b = le.tensors["x.q8_1"].data, be.tensors["x.q8_1"].data
@@ -160,6 +164,38 @@ def test_convert_endian_swaps_the_fields_inside_more_block_types(tmp_path, capsy
         assert bytes(b[2:6]) == bytes(a[2:6])[::-1]
     run(capsys, "convert-endian", tmp_path / "be.gguf")
     assert (tmp_path / "be.gguf").read_bytes() == open(src, "rb").read()
+
+
+def test_convert_endian_keeps_the_fields_of_q1_0_q2_0_and_nvfp4_blocks(tmp_path, capsys):
+    # ggml-common.h: block_q1_0 / block_q2_0 = {ggml_half d; uint8_t qs[16]}, block_nvfp4 =
+    # {uint8_t d[4]; uint8_t qs[32]}: the f16 scale reads the same in either order, the
+    # bytes stay where they are
+    src = make(tmp_path / "m.gguf", extra_types=("q1_0", "q2_0", "nvfp4"))
+    assert run(capsys, "convert-endian", src, "--to", "big", "-o", tmp_path / "be.gguf")[0] == 0
+    with gguflite.open(src) as le, gguflite.open(tmp_path / "be.gguf") as be:
+        for t in ("q1_0", "q2_0"):
+            a = np.asarray(le.tensors[f"x.{t}"].data).reshape(-1, 18)
+            b = np.asarray(be.tensors[f"x.{t}"].data).reshape(-1, 18)
+            np.testing.assert_array_equal(a[:, :2].copy().view("<f2"), b[:, :2].copy().view(">f2"))
+            assert not np.array_equal(a[:, :2], b[:, :2])  # the scale bytes did move
+            np.testing.assert_array_equal(a[:, 2:], b[:, 2:])
+        assert bytes(le.tensors["x.nvfp4"].data) == bytes(be.tensors["x.nvfp4"].data)
+
+
+def test_a_big_endian_file_dequantizes_to_the_same_floats_for_every_convertible_type(tmp_path, capsys):
+    from gguflite.quant import DEQUANTIZABLE, dequantize
+
+    src = make(tmp_path / "m.gguf", extra_types=MORE_BLOCK_TYPES + ("bf16",))
+    assert run(capsys, "convert-endian", src, "--to", "big", "-o", tmp_path / "be.gguf")[0] == 0
+    with gguflite.open(src) as le, gguflite.open(tmp_path / "be.gguf") as be:
+        assert be.endian == ">"
+        names = [n for n, t in le.tensors.items() if t.type in DEQUANTIZABLE]
+        assert len(names) == len(le.tensors) == 6 + len(MORE_BLOCK_TYPES) + 1
+        for n in names:
+            a, b = le.tensors[n], be.tensors[n]
+            want = dequantize(np.asarray(a.raw), a.type, a.shape, endian="<")
+            got = dequantize(np.asarray(b.raw), b.type, b.shape, endian=">")
+            np.testing.assert_array_equal(got, want, err_msg=n)  # NaNs compare equal here
 
 
 def test_convert_endian_refuses_block_types_it_cannot_describe(tmp_path, capsys):
