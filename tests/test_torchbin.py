@@ -204,3 +204,37 @@ def test_a_big_endian_archive_is_read_in_native_order(tmp_path):
         z.writestr("archive/data/0", data)
     with TorchBinFile(tmp_path / "be.bin") as f:
         np.testing.assert_array_equal(f.tensors["w"].load(), np.arange(6, dtype=np.float32).reshape(2, 3))
+
+
+# --------------------------------------------------------------------------- bounds on hostile files
+
+
+def test_a_module_state_dict_with_its_metadata_build_reads_like_torch_load(tmp_path):
+    """torch.save of ``module.state_dict()`` BUILDs ``_metadata`` onto the OrderedDict: the
+    one BUILD the reader must still allow."""
+    import pickletools
+
+    m = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.LayerNorm(2), torch.nn.Embedding(4, 2))
+    torch.save(m.state_dict(), tmp_path / "m.bin")
+    with zipfile.ZipFile(tmp_path / "m.bin") as z:
+        pkl = z.read([n for n in z.namelist() if n.endswith("data.pkl")][0])
+    assert any(op.name == "BUILD" for op, _, _ in pickletools.genops(pkl))
+    ref = torch.load(tmp_path / "m.bin", weights_only=True)
+    with TorchBinFile(tmp_path / "m.bin") as f:
+        assert list(f.tensors) == list(ref)
+        for name, r in ref.items():
+            np.testing.assert_array_equal(f.tensors[name].load(), r.numpy(), err_msg=name)
+
+
+def test_build_on_a_storage_record_is_refused(tmp_path):
+    x = {"w": torch.ones(4)}
+    torch.save(x, tmp_path / "ok.bin")
+    with zipfile.ZipFile(tmp_path / "ok.bin") as z:
+        root = z.namelist()[0].split("/")[0]
+        pkl = z.read(f"{root}/data.pkl")
+    # BINPERSID then BUILD {"numel": 1} on the fresh _StorageRef
+    i = pkl.index(b"Q", pkl.index(b"cpu")) + 1
+    evil = pkl[:i] + b"}X\x05\x00\x00\x00numelK\x01sb" + pkl[i:]
+    assert evil != pkl
+    with pytest.raises(CheckpointError, match="BUILD"):
+        TorchBinFile(_torch_zip(tmp_path / "evil.bin", evil, {"0": b"\0" * 16}))

@@ -43,14 +43,24 @@ STORAGE_DTYPES: dict[str, tuple[str, np.dtype]] = {
 }
 
 
-@dataclass(frozen=True)
+def _no_build(self, state):
+    """``__setstate__`` of every stand-in: pickle's BUILD calls it instead of writing the
+    object's attributes, so a file cannot rewrite a shared stand-in (frozen dataclasses
+    only block ``__setattr__``; BUILD would write ``__dict__``)."""
+    raise CheckpointError(f"refusing BUILD on {type(self).__name__} (only a state dict's OrderedDict "
+                          "takes a state)")
+
+
+@dataclass(frozen=True, slots=True)
 class _StorageType:
     """Stand-in for ``torch.<X>Storage``: only its name is used."""
 
     name: str
 
+    __setstate__ = _no_build
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, slots=True)
 class _StorageRef:
     """What a persistent id ``('storage', type, key, location, numel)`` becomes."""
 
@@ -58,6 +68,8 @@ class _StorageRef:
     dtype: str
     np_dtype: np.dtype
     numel: int
+
+    __setstate__ = _no_build
 
 
 @dataclass(frozen=True)
@@ -91,6 +103,29 @@ class _Rebuilt:
     def __init__(self, storage, offset, size, stride):
         self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
 
+    __setstate__ = _no_build
+
+
+class _Function:
+    """An allow-listed callable: calls ``fn``; BUILD on it is refused (a bare function
+    would let BUILD set its ``__defaults__`` / ``__dict__`` for the rest of the process)."""
+
+    __slots__ = ("_fn",)
+
+    def __init__(self, fn):
+        object.__setattr__(self, "_fn", fn)
+
+    def __call__(self, *args, **kwargs):
+        return self._fn(*args, **kwargs)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"{self._fn.__name__} stand-in is read-only")
+
+    def __repr__(self):
+        return f"<allowed {self._fn.__name__}>"
+
+    __setstate__ = _no_build
+
 
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
     return _Rebuilt(storage, storage_offset, size, stride)
@@ -106,10 +141,10 @@ def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, state=Non
 
 _ALLOWED = {
     ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_tensor_v2"): _Function(_rebuild_tensor_v2),
+    ("torch._utils", "_rebuild_tensor"): _Function(_rebuild_tensor),
+    ("torch._utils", "_rebuild_parameter"): _Function(_rebuild_parameter),
+    ("torch._utils", "_rebuild_parameter_with_state"): _Function(_rebuild_parameter),
     **{("torch", name): _StorageType(name) for name in STORAGE_DTYPES},
 }
 
