@@ -515,6 +515,46 @@ def test_quantized_outputs_dequantize_close_to_the_source_and_run_in_llama_cpp(f
     assert n == 576 and np.isfinite(emb).all()
 
 
+@pytest.fixture(scope="session")
+def deep_llava(tmp_path_factory):
+    """llava-1.5 with a 9-layer, 256-wide LLM (rows take K-quants; use_more_bits picks layers
+    0, 3, 6, 7, 8) and its f32 conversion."""
+    from tests import checkpoints
+
+    root = tmp_path_factory.mktemp("deep-llava")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(checkpoints, "LLAMA", dict(checkpoints.LLAMA, hidden_size=256, intermediate_size=512,
+                                              num_hidden_layers=9))
+        fx = make_checkpoint("llava-1.5", root / "ckpt")
+    llm, _ = convert_llava(fx.model_dir, vision_tower=fx.vision_tower, outdir=root / "f32", outtype="f32",
+                           progress=False)
+    return fx, llm
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("outtype", ["q4_k_m", "q8_0", "q4_0"])
+def test_a_quantized_llm_is_what_llama_cpps_quantizer_makes_of_the_f32_conversion(deep_llava, tmp_path, outtype):
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python (the llama.cpp reference) is not installed")
+    from gguflite.convert.llava import OUTTYPES
+
+    fx, f32 = deep_llava
+    ref = str(tmp_path / "ref.gguf")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = int(OUTTYPES[outtype].file_type)
+    params.nthread = 1
+    assert llama_cpp.llama_model_quantize(f32.encode(), ref.encode(), params) == 0
+    llm, _ = convert_llava(fx.model_dir, vision_tower=fx.vision_tower, outdir=tmp_path / "out", outtype=outtype,
+                           progress=False)
+    got, want = _tensors(llm), _tensors(ref)
+    types = {n: t.tensor_type.name for n, t in got.items()}
+    assert types == {n: t.tensor_type.name for n, t in want.items()}
+    for name, t in want.items():  # same input values, bit-exact quantizers: the same bytes
+        assert np.array_equal(np.asarray(got[name].data), np.asarray(t.data)), name
+    if outtype == "q4_k_m":  # the mixture is really exercised: K-quants and the Q6_K layers
+        assert {"Q4_K", "Q6_K"} <= set(types.values()) and types["blk.1.ffn_down.weight"] == "Q4_K"
+    assert _value(_fields(llm)["general.file_type"]) == _value(_fields(ref)["general.file_type"])
+
+
 def test_a_checkpoint_saved_by_transformers_own_llava_class_converts_and_runs(ckpt_root, fixtures, tmp_path):
     """transformers >= 5 saves llava-hf checkpoints without the vision_model. level."""
     import transformers

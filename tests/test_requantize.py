@@ -9,7 +9,7 @@ import pytest
 
 import gguflite
 from gguflite import GGUFWriter, cli
-from gguflite.quant.requantize import SCHEMES, plan, requantize, use_more_bits
+from gguflite.quant.requantize import SCHEMES, plan, requantize, tensor_types, use_more_bits
 from gguflite.types import GGMLType as G
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python (the llama.cpp reference) is not installed")
@@ -138,9 +138,12 @@ def test_use_more_bits_picks_the_first_and_last_eighth_and_every_third_layer():
     assert [i for i in range(32) if use_more_bits(i, 32)] == [0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31]
 
 
-def test_rows_that_fit_no_block_are_refused_for_legacy_types():
+def test_rows_that_fit_no_block_are_refused_for_legacy_types_unless_f16_is_asked_for():
     with pytest.raises(ValueError, match="rows of 40 are not whole Q4_0 blocks"):
         plan([("blk.0.attn_q.weight", (8, 40), 0)], SCHEMES["q4_0"])
+    rows = [("blk.0.attn_q.weight", (8, 40)), ("blk.0.attn_k.weight", (8, 64))]
+    assert tensor_types(rows, SCHEMES["q4_0"], unfit_to_f16=True) == {"blk.0.attn_q.weight": G.F16,
+                                                                       "blk.0.attn_k.weight": G.Q4_0}
 
 
 @pytest.mark.slow

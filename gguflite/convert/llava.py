@@ -20,14 +20,21 @@ What happens, in order (nothing is written until everything has been checked):
    ``outdir``, re-opens them and compares every key, tensor and data CRC32, and only then
    renames both into place.  Any failure (or Ctrl-C) removes both: both outputs or neither.
 
-Tensor types: 1-D tensors (norms, biases, class embedding, image_newline) and the position
-embedding stay F32 as llama.cpp expects; convolution kernels are F16 (ggml's conv/im2col
-paths want F16 kernels, as the legacy converter wrote); 2-D weights take
-``outtype``; quantized outtypes follow llama.cpp's choices: ``output.weight`` Q6_K (Q8_0
-for q8_0), q4_k_m's Q6_K for ``attn_v``/``ffn_down`` in the first and last eighth of the
-layers and every third layer, and the fallbacks for rows that are not whole blocks (Q4_K →
-Q5_0, Q6_K → Q8_0, else F16).  For any quantized outtype the mmproj's 2-D weights are Q8_0: the tower is small
-and its errors compound over hundreds of image tokens.
+Tensor types come from ``gguflite.quant.requantize.tensor_types``, the same rules
+``gguflite requantize`` follows, so a q4_k_m/q8_0/q4_0 LLM has exactly the per-tensor types
+llama.cpp's ``llama_model_quantize`` gives the f32 conversion (``output.weight`` Q6_K or
+Q8_0, q4_k_m's Q6_K ``attn_v``/``ffn_down`` layers, the fallbacks for rows that are not
+whole blocks).  What the converter adds, as explicit choices rather than rules of its own:
+
+- tensors llama.cpp leaves unquantized (norms, biases, class/position embeddings,
+  image_newline) are written F32, as llama.cpp's converter writes them;
+- convolution kernels are F16 and never quantized (ggml's conv/im2col paths want F16
+  kernels, as the legacy converter wrote);
+- the mmproj is quantized with ``_mmproj_scheme(outtype)``: Q8_0 for any quantized outtype
+  (the tower is small and its errors compound over hundreds of image tokens), under clip.cpp's
+  rule (``clip=True``: 2-D weights);
+- a tensor whose rows are not whole blocks of a legacy type (llama.cpp refuses the whole
+  model: "Unsupported tensor size") is written F16 (``unfit_to_f16=True``).
 """
 from __future__ import annotations
 
@@ -39,20 +46,15 @@ import numpy as np
 
 from .. import names
 from ..errors import CheckpointError, GGUFError
-from ..types import GGMLType, TYPE_TRAITS, ValueType
+from ..quant.requantize import SCHEMES, Scheme, tensor_types
+from ..types import GGML_QNT_VERSION, GGMLType, TYPE_TRAITS, ValueType
 from .checkpoint import Checkpoint, read_json
 from .layouts import Layout, detect, vision_local, vision_params
 from .output import PlannedTensor, write_both
 from .tokenizer import tokenizer_metadata
 
-OUTTYPES = {  # outtype -> (general.file_type, ggml type of 2-D weights)
-    "f32": (0, GGMLType.F32),
-    "f16": (1, GGMLType.F16),
-    "bf16": (32, GGMLType.BF16),
-    "q8_0": (7, GGMLType.Q8_0),
-    "q4_0": (2, GGMLType.Q4_0),
-    "q4_k_m": (15, GGMLType.Q4_K),
-}
+# outtype -> llama-quantize's scheme (its general.file_type and base type of the 2-D weights)
+OUTTYPES: dict[str, Scheme] = {n: SCHEMES[n] for n in ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_k_m")}
 U32, I32, F32, STR, BOOL = ValueType.UINT32, ValueType.INT32, ValueType.FLOAT32, ValueType.STRING, ValueType.BOOL
 
 
@@ -164,7 +166,6 @@ def _plan_llm(layout: Layout, tensors: dict, outtype: str, dropped: list) -> lis
     for i in range(tp.n_layer):
         expect.update({f"blk.{i}.{k}": v for k, v in per_layer.items()})
     plan = []
-    has_output = "lm_head.weight" in tensors
     for local, t in tensors.items():
         gname, permute = names.map_name(names.LLAMA, local)
         if gname is None:
@@ -175,11 +176,11 @@ def _plan_llm(layout: Layout, tensors: dict, outtype: str, dropped: list) -> lis
         if tuple(t.shape) != expect[gname]:
             raise _fail_shape("LLM", gname, t, expect[gname])
         heads = {"q": tp.n_head, "k": tp.n_head_kv}.get(permute)
-        plan.append(PlannedTensor(gname, t, tuple(t.shape),
-                                  _llm_type(gname, t.shape, outtype, tp.n_layer, has_output), heads))
+        plan.append(PlannedTensor(gname, t, tuple(t.shape), GGMLType.F32, heads))
     missing = set(expect) - {p.name for p in plan} - {"output.weight"}
     if missing:
         raise CheckpointError(f"LLM tensors missing from the checkpoint: {sorted(missing)[:6]}")
+    _assign_types(plan, OUTTYPES[outtype], n_layer=tp.n_layer, clip=False)
     return sorted(plan, key=lambda p: _order(p.name))
 
 
@@ -188,49 +189,22 @@ def _order(gname: str):
     return (1, int(m.group(2)), gname) if m else (0 if not gname.startswith(("output", "mm.")) else 2, 0, gname)
 
 
-def _llm_type(gname: str, shape, outtype: str, n_layer: int, has_output: bool) -> GGMLType:
-    """llama.cpp's choice (llama-quant.cpp) for a quantized outtype: the output matrix (or the
-    tied token embedding) gets Q6_K, Q8_0 if its rows are not 256-blocks or for q8_0;
-    q4_k_m gives attn_v/ffn_down Q6_K in the layers use_more_bits picks."""
-    if len(shape) == 1:
-        return GGMLType.F32
-    wtype = OUTTYPES[outtype][1]
-    if TYPE_TRAITS[wtype].quantized and (gname == "output.weight" or (gname == "token_embd.weight" and not has_output)):
-        wtype = GGMLType.Q6_K if wtype != GGMLType.Q8_0 and shape[-1] % 256 == 0 else GGMLType.Q8_0
-    if outtype == "q4_k_m":
-        m = re.match(r"blk\.(\d+)\.(attn_v|ffn_down)\.weight", gname)
-        if m and _more_bits(int(m.group(1)), n_layer):
-            wtype = GGMLType.Q6_K
-    return _fit(wtype, shape)
+def _assign_types(plan: list[PlannedTensor], scheme: Scheme, *, n_layer: int | None, clip: bool,
+                  conv: frozenset = frozenset()):
+    """Set each planned tensor's type: llama.cpp's (``tensor_types``, over the whole file so its
+    layer counters and tied-embedding rule see every name), F32 where llama.cpp does not
+    quantize, F16 for the convolution kernels named in ``conv``."""
+    types = tensor_types([(p.name, p.shape) for p in plan if p.name not in conv], scheme,
+                         n_layer=n_layer, clip=clip, unfit_to_f16=True)
+    for p in plan:
+        p.type = GGMLType.F16 if p.name in conv else types[p.name] or GGMLType.F32
 
 
-def _more_bits(i: int, n: int) -> bool:
-    """llama.cpp's use_more_bits: first and last eighth of the layers, and every third."""
-    return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
-
-
-# llama.cpp's fallbacks when a row is not a whole number of 256-blocks
-_FALLBACK = {GGMLType.Q4_K: GGMLType.Q5_0, GGMLType.Q6_K: GGMLType.Q8_0}
-
-
-def _fit(wtype: GGMLType, shape) -> GGMLType:
-    """``wtype`` if a row is a whole number of its blocks, else llama.cpp's fallback
-    (Q4_K → Q5_0, Q6_K → Q8_0), else F16."""
-    for t in (wtype, _FALLBACK.get(wtype)):
-        if t is not None and shape[-1] % TYPE_TRAITS[t].block_size == 0:
-            return t
-    return GGMLType.F16
-
-
-def _mmproj_type(gname: str, shape, outtype: str, is_conv: bool) -> GGMLType:
-    if len(shape) == 1 or gname in ("v.class_embd", "v.position_embd.weight"):
-        return GGMLType.F32  # added to F32 activations; small
-    if is_conv:
-        return GGMLType.F16
-    wtype = OUTTYPES[outtype][1]
-    if TYPE_TRAITS[wtype].quantized:
-        wtype = GGMLType.Q8_0  # the vision tower is small and sensitive: 8 bits whatever the LLM gets
-    return _fit(wtype, shape)
+def _mmproj_scheme(outtype: str) -> Scheme:
+    """The mmproj's scheme: Q8_0 for any quantized outtype (the tower is small and sensitive:
+    8 bits whatever the LLM gets), else the outtype itself."""
+    scheme = OUTTYPES[outtype]
+    return SCHEMES["q8_0"] if TYPE_TRAITS[scheme.base].quantized else scheme
 
 
 def _plan_mmproj(layout: Layout, parts, outtype: str, dropped: list) -> list[PlannedTensor]:
@@ -246,7 +220,7 @@ def _plan_mmproj(layout: Layout, parts, outtype: str, dropped: list) -> list[Pla
         for k, w in per_layer.items():
             expect[f"v.blk.{i}.{k}.weight"] = w or (d,)
             expect[f"v.blk.{i}.{k}.bias"] = (w[0],) if w else (d,)
-    plan = []
+    plan, conv = [], set()
     for local, t in parts["vision"].items():
         gname, _ = names.map_name(names.CLIP_VISION, local)
         if gname is None:
@@ -260,8 +234,9 @@ def _plan_mmproj(layout: Layout, parts, outtype: str, dropped: list) -> list[Pla
         if m and int(m.group(1)) >= keep:
             dropped.append(t.name)
             continue  # after hidden_states[select]: never run
-        plan.append(PlannedTensor(gname, t, tuple(t.shape),
-                                  _mmproj_type(gname, t.shape, outtype, len(t.shape) == 4)))
+        plan.append(PlannedTensor(gname, t, tuple(t.shape), GGMLType.F32))
+        if len(t.shape) == 4:
+            conv.add(gname)
     missing = {k for k in expect if not re.match(r"v\.blk\.(\d+)\.", k) or int(k.split(".")[2]) < keep}
     missing -= {p.name for p in plan}
     if missing:
@@ -276,17 +251,18 @@ def _plan_mmproj(layout: Layout, parts, outtype: str, dropped: list) -> list[Pla
             raise names.UnknownTensorName(f"not a {layout.projector} projector tensor (try --projector)",
                                           tensor=t.name) from None
         shape = tuple(t.shape)
-        conv = len(shape) == 4
-        if conv:  # legacy layout: depthwise (d,1,3,3) -> (d,3,3); 1x1 convs -> 2-D
+        if len(shape) == 4:  # legacy layout: depthwise (d,1,3,3) -> (d,3,3); 1x1 convs -> 2-D
             shape = tuple(s for s in shape if s != 1) or (1,)
-        proj[gname] = PlannedTensor(gname, t, shape, GGMLType.F32 if len(shape) == 1
-                                    else GGMLType.F16 if conv else _mmproj_type(gname, shape, outtype, False))
+            if len(shape) > 1:
+                conv.add(gname)
+        proj[gname] = PlannedTensor(gname, t, shape, GGMLType.F32)
     _check_projector(layout, proj, d, n_embd)
     plan += proj.values()
     for t in parts["newline"].values():
         if tuple(t.shape) != (n_embd,):
             raise _fail_shape("image_newline", "v.image_newline", t, (n_embd,))
         plan.append(PlannedTensor("v.image_newline", t, (n_embd,), GGMLType.F32))
+    _assign_types(plan, _mmproj_scheme(outtype), n_layer=None, clip=True, conv=frozenset(conv))
     return sorted(plan, key=lambda p: _order(p.name))
 
 
@@ -323,9 +299,9 @@ def _check_projector(layout: Layout, proj: dict, d_vis: int, n_embd: int):
 def _llm_metadata(layout: Layout, name: str, outtype: str, model_dir: str):
     tp = layout.text
     meta = [("general.architecture", "llama", STR), ("general.type", "model", STR), ("general.name", name, STR),
-            ("general.file_type", OUTTYPES[outtype][0], U32)]
-    if TYPE_TRAITS[OUTTYPES[outtype][1]].quantized:
-        meta.append(("general.quantization_version", 2, U32))
+            ("general.file_type", int(OUTTYPES[outtype].file_type), U32)]
+    if TYPE_TRAITS[OUTTYPES[outtype].base].quantized:
+        meta.append(("general.quantization_version", GGML_QNT_VERSION, U32))
     meta += [("llama.context_length", tp.n_ctx, U32), ("llama.embedding_length", tp.n_embd, U32),
              ("llama.block_count", tp.n_layer, U32), ("llama.feed_forward_length", tp.n_ff, U32),
              ("llama.attention.head_count", tp.n_head, U32), ("llama.attention.head_count_kv", tp.n_head_kv, U32),
@@ -343,7 +319,7 @@ def _mmproj_metadata(layout: Layout, name: str, outtype: str):
     keep = layout.feature_layer
     meta = [("general.architecture", "clip", STR), ("general.type", "mmproj", STR), ("general.name", name, STR),
             ("general.description", f"image encoder for {layout.architecture} ({vp.source})", STR),
-            ("general.file_type", OUTTYPES[outtype][0], U32),
+            ("general.file_type", int(OUTTYPES[outtype].file_type), U32),
             ("clip.has_vision_encoder", True, BOOL), ("clip.has_text_encoder", False, BOOL),
             ("clip.projector_type", layout.projector, STR),
             ("clip.use_gelu", vp.hidden_act == "gelu", BOOL), ("clip.use_silu", False, BOOL),

@@ -26,7 +26,10 @@ base type is a quantized one):
 - ``attn_qkv.weight``: Q4_K_M → Q5_K, Q5_K_M → Q6_K.
 - Rows that are not whole blocks of the chosen type fall back: Q4_K → Q5_0, Q5_K → Q5_1,
   Q6_K → Q8_0, then F16 if still not whole blocks; a legacy base type that does not fit is
-  an error (llama.cpp: "Unsupported tensor size").
+  an error (llama.cpp: "Unsupported tensor size"), or F16 where the caller asks for that.
+
+These rules live only in ``tensor_types``; the converters (``convert_llava(outtype=...)``) ask
+it too, so a converted q4_k_m file has the types ``llama-quantize`` would give the f32 one.
 
 The counters ``i`` advance in llama.cpp's tensor order (its ``weight_name_comparer``: by the
 ``blk.N.`` layer number, non-layer tensors first, then by name), whatever the file order.  Not reproduced: rules
@@ -115,23 +118,32 @@ def should_quantize(name: str, shape: tuple[int, ...], clip: bool = False) -> bo
     return n_dims(shape) >= 2 and not any(s in name for s in _SKIP) and name not in _SKIP_EXACT
 
 
-def plan(tensors: list[tuple[str, tuple[int, ...], int]], scheme: Scheme, *,
-         n_layer: int | None = None, clip: bool = False) -> dict[str, GGMLType | None]:
-    """Target type per tensor (None: copied unchanged) for ``(name, numpy shape, type)`` rows.
+def tensor_types(tensors: list[tuple[str, tuple[int, ...]]], scheme: Scheme, *, n_layer: int | None = None,
+                 clip: bool = False, unfit_to_f16: bool = False) -> dict[str, GGMLType | None]:
+    """llama.cpp's type for each ``(name, numpy shape)`` row under ``scheme``; None where llama.cpp
+    does not quantize the tensor (it keeps whatever type it has: norms, biases, embeddings).
 
+    This is the one copy of the rules: ``requantize`` (through ``plan``) and the converters
+    (``convert_llava(outtype=...)``) both ask it.  The rows must be the whole model: the
+    ``attn_v``/``ffn_down`` counters and the tied-embedding rule look at every name.
     ``n_layer``: the model's block count (``{arch}.block_count``); by default the number of
-    ``ffn_down`` tensors.  Raises ValueError for a tensor no type can hold.
+    ``ffn_down`` tensors.  ``clip``: clip.cpp's rule for an mmproj (see ``should_quantize``).
+    ``unfit_to_f16``: what to do with a tensor whose rows are not whole blocks of a legacy type
+    (Q4_0, Q8_0, ...), which has no K-quant fallback: False (llama.cpp's llama_model_quantize)
+    raises ValueError ("Unsupported tensor size"); True writes it F16 instead, so a converter
+    can finish a file that llama.cpp would refuse to quantize at all.  Either way every tensor
+    llama.cpp can quantize gets llama.cpp's type.
     """
     names = sorted((t[0] for t in tensors), key=_llama_order)
-    by_name = {t[0]: t for t in tensors}
-    has_output = "output.weight" in by_name
+    shapes = {t[0]: tuple(t[1]) for t in tensors}
+    has_output = "output.weight" in shapes
     n_wv = sum(any(k in n for k in ("attn_v.weight", "attn_qkv.weight", "attn_kv_b.weight")) for n in names)
     n_down = n_layer if n_layer is not None else sum("ffn_down" in n for n in names)
     rules = TYPE_TRAITS[scheme.base].quantized
     i_v = i_down = 0
     out: dict[str, GGMLType | None] = {}
     for name in names:
-        _, shape, src_type = by_name[name]
+        shape = shapes[name]
         if not should_quantize(name, shape, clip):
             out[name] = None
             continue
@@ -157,16 +169,27 @@ def plan(tensors: list[tuple[str, tuple[int, ...], int]], scheme: Scheme, *,
                 i_down += 1
             elif "attn_qkv.weight" in name:
                 t = {"q4_k_m": G.Q5_K, "q5_k_m": G.Q6_K}.get(scheme.name, t)
-            if nx % TYPE_TRAITS[t].block_size:
-                if t not in _FALLBACK:
-                    raise ValueError(f"tensor {name!r}: rows of {nx} are not whole {t.name} blocks")
+        if nx % TYPE_TRAITS[t].block_size:
+            if rules and t in _FALLBACK:
                 t = _FALLBACK[t]
                 if nx % TYPE_TRAITS[t].block_size:
                     t = G.F16
-        elif nx % TYPE_TRAITS[t].block_size:
-            raise ValueError(f"tensor {name!r}: rows of {nx} are not whole {t.name} blocks")
-        out[name] = None if t == src_type else t
-    return {t[0]: out[t[0]] for t in tensors}  # source order
+            elif unfit_to_f16:
+                t = G.F16
+            else:
+                raise ValueError(f"tensor {name!r}: rows of {nx} are not whole {t.name} blocks")
+        out[name] = t
+    return {t[0]: out[t[0]] for t in tensors}  # the caller's order
+
+
+def plan(tensors: list[tuple[str, tuple[int, ...], int]], scheme: Scheme, *,
+         n_layer: int | None = None, clip: bool = False) -> dict[str, GGMLType | None]:
+    """Target type per tensor (None: copied unchanged) for ``(name, numpy shape, type)`` rows:
+    ``tensor_types``, with None also where the tensor already has its target type.
+    Raises ValueError for a tensor no type can hold.
+    """
+    types = tensor_types([(t[0], t[1]) for t in tensors], scheme, n_layer=n_layer, clip=clip)
+    return {name: None if types[name] == src_type else types[name] for name, _, src_type in tensors}
 
 
 def requantize(src: str, dst: str, type_name: str, *, allow_requantize: bool = False,
