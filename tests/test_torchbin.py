@@ -238,3 +238,23 @@ def test_build_on_a_storage_record_is_refused(tmp_path):
     assert evil != pkl
     with pytest.raises(CheckpointError, match="BUILD"):
         TorchBinFile(_torch_zip(tmp_path / "evil.bin", evil, {"0": b"\0" * 16}))
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda: torch.arange(3.0).expand(4, 3), "zero stride"),
+    (lambda: torch.arange(6.0).as_strided((4, 3), (1, 1)), "overlapping"),
+])
+def test_broadcast_and_overlapping_views_saved_by_torch_are_refused(tmp_path, make, words):
+    torch.save({"w": make()}, tmp_path / "v.bin")
+    with pytest.raises(CheckpointError, match=words) as e:
+        TorchBinFile(tmp_path / "v.bin")
+    assert e.value.tensor == "w" and str(tmp_path / "v.bin") in str(e.value)
+
+
+def test_a_size_one_dim_with_a_zero_stride_still_reads(tmp_path):
+    """Like a broadcast position_ids buffer: stride 0 on a dim of 1 repeats nothing."""
+    x = torch.arange(5).as_strided((1, 5), (0, 1))
+    assert x.stride() == (0, 1)
+    torch.save({"position_ids": x}, tmp_path / "p.bin")
+    with TorchBinFile(tmp_path / "p.bin") as f:
+        np.testing.assert_array_equal(f.tensors["position_ids"].load(), x.numpy())

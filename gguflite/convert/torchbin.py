@@ -51,6 +51,9 @@ def _no_build(self, state):
                           "takes a state)")
 
 
+MAX_DIMS = 64  # numpy's NPY_MAXDIMS
+
+
 @dataclass(frozen=True, slots=True)
 class _StorageType:
     """Stand-in for ``torch.<X>Storage``: only its name is used."""
@@ -220,15 +223,35 @@ class TorchBinFile:
         s = r.storage
         if not isinstance(s, _StorageRef):
             raise CheckpointError("tensor storage is not a storage record", path=self.path, tensor=name)
+        if not (isinstance(r.size, (tuple, list)) and isinstance(r.stride, (tuple, list))):
+            raise CheckpointError("tensor size and stride must be tuples", path=self.path, tensor=name)
         size, stride = tuple(r.size), tuple(r.stride)
         if (len(size) != len(stride) or not all(map(_nonneg_int, size + stride)) or not _nonneg_int(r.offset)):
-            raise CheckpointError(f"bad size {size} / stride {stride} / offset {r.offset}", path=self.path, tensor=name)
-        if all(size):  # a non-empty tensor: its last element must be inside the storage
+            raise CheckpointError(f"bad size {_short(size)} / stride {_short(stride)} / offset {_short(r.offset)}",
+                                  path=self.path, tensor=name)
+        if len(size) > MAX_DIMS:
+            raise CheckpointError(f"{len(size)} dims, more than the {MAX_DIMS} numpy can hold",
+                                  path=self.path, tensor=name)
+        count = nonzero = 1
+        for d in size:
+            count *= d
+            nonzero *= d or 1
+        if count:  # a non-empty tensor: its elements must be distinct elements of the storage
+            for d, st in zip(size, stride):
+                if d > 1 and st == 0:
+                    raise CheckpointError(f"size {size} stride {stride}: a zero stride on a dim of {d} "
+                                          "(broadcast views are refused)", path=self.path, tensor=name)
             last = r.offset + sum((d - 1) * st for d, st in zip(size, stride))
             if last >= s.numel:
                 raise CheckpointError(
                     f"size {size} stride {stride} offset {r.offset} reach element {last} of a "
                     f"{s.numel}-element storage", path=self.path, tensor=name)
+            if count > s.numel:
+                raise CheckpointError(
+                    f"size {size} stride {stride} shows {count} elements of a {s.numel}-element storage "
+                    "(overlapping views are refused)", path=self.path, tensor=name)
+        elif nonzero * s.np_dtype.itemsize >= 2**63:
+            raise CheckpointError(f"empty tensor of size {size} is too big for numpy", path=self.path, tensor=name)
         info = self._infos.get(f"{self._root}data/{s.key}")
         if info is None:
             raise CheckpointError(f"storage record data/{s.key} is missing", path=self.path, tensor=name)
@@ -287,6 +310,15 @@ class TorchBinFile:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _short(x, limit: int = 80) -> str:
+    """repr of a value from the pickle, cut short (it can be huge or deeply nested)."""
+    try:
+        r = repr(x)
+    except RecursionError:
+        return f"<{type(x).__name__}>"
+    return r if len(r) <= limit else r[:limit] + "..."
 
 
 def _nonneg_int(x) -> bool:
