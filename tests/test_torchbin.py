@@ -258,3 +258,29 @@ def test_a_size_one_dim_with_a_zero_stride_still_reads(tmp_path):
     torch.save({"position_ids": x}, tmp_path / "p.bin")
     with TorchBinFile(tmp_path / "p.bin") as f:
         np.testing.assert_array_equal(f.tensors["position_ids"].load(), x.numpy())
+
+
+def test_a_compressed_storage_record_is_refused_and_a_deflated_data_pkl_still_reads(tmp_path):
+    torch.save({"w": torch.arange(4.0)}, tmp_path / "ok.bin")
+    with zipfile.ZipFile(tmp_path / "ok.bin") as z:
+        root = z.namelist()[0].split("/")[0]
+        pkl, rec = z.read(f"{root}/data.pkl"), z.read(f"{root}/data/0")
+    with zipfile.ZipFile(tmp_path / "rec.bin", "w") as z:
+        z.writestr("archive/data.pkl", pkl)
+        z.writestr("archive/data/0", rec, compress_type=zipfile.ZIP_DEFLATED)
+    with pytest.raises(CheckpointError, match="compressed"):
+        TorchBinFile(tmp_path / "rec.bin")
+    with zipfile.ZipFile(tmp_path / "pkl.bin", "w") as z:
+        z.writestr("archive/data.pkl", pkl, compress_type=zipfile.ZIP_DEFLATED)
+        z.writestr("archive/data/0", rec)
+    with TorchBinFile(tmp_path / "pkl.bin") as f:
+        np.testing.assert_array_equal(f.tensors["w"].load(), np.arange(4, dtype=np.float32))
+
+
+def test_a_member_inflating_past_the_file_size_is_refused_before_reading(tmp_path):
+    pkl = b"\x80\x02}" + b"N0" * 100_000 + b"."
+    with zipfile.ZipFile(tmp_path / "bomb.bin", "w") as z:
+        z.writestr("archive/data.pkl", pkl, compress_type=zipfile.ZIP_DEFLATED)
+    with pytest.raises(CheckpointError, match="inflates to 200004 bytes") as e:
+        TorchBinFile(tmp_path / "bomb.bin")
+    assert e.value.offset == 0

@@ -207,10 +207,14 @@ class TorchBinFile:
         if len(pkl) != 1:
             raise CheckpointError(f"expected exactly one <root>/data.pkl, found {pkl}", path=self.path)
         self._root = pkl[0][: -len("data.pkl")]
-        byteorder = self._root + "byteorder"
-        big = byteorder in names and self._zip.read(byteorder).strip() == b"big"
         self._infos = {i.filename: i for i in self._zip.infolist()}
-        obj = _RestrictedUnpickler(self._zip.read(pkl[0]), self.path, big).load()
+        for info in self._infos.values():
+            self._check_member(info)
+        byteorder = self._root + "byteorder"
+        big = byteorder in names and self._read_small(byteorder).strip() == b"big"
+        data = self._read_small(pkl[0])
+        obj = _RestrictedUnpickler(data, self.path, big).load()
+        del data
         if not isinstance(obj, dict):
             raise CheckpointError(f"data.pkl holds a {type(obj).__name__}, not a state dict", path=self.path)
         self.tensors: dict[str, TorchTensor] = {}
@@ -218,6 +222,29 @@ class TorchBinFile:
             if not isinstance(name, str) or not isinstance(value, _Rebuilt):
                 raise CheckpointError(f"entry {name!r} is not a tensor", path=self.path)
             self.tensors[name] = self._tensor(name, value)
+
+    def _check_member(self, info: zipfile.ZipInfo) -> None:
+        """Sizes from the central directory, checked before anything is read: zipfile would
+        otherwise ask for (and allocate) a declared size whatever the file holds."""
+        def bad(msg):
+            return CheckpointError(f"zip member {info.filename!r} {msg}", path=self.path, offset=info.header_offset)
+
+        if info.header_offset + 30 + info.compress_size > self.size:
+            raise bad(f"claims {info.compress_size} compressed bytes past the end of the {self.size}-byte file")
+        if info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size:
+            raise bad(f"is stored but claims {info.file_size} bytes in {info.compress_size}")
+        if info.file_size > self.size:
+            raise bad(f"inflates to {info.file_size} bytes, more than the {self.size}-byte file")
+
+    def _read_small(self, name: str) -> bytes:
+        """A metadata member (data.pkl, byteorder), at most its checked declared size."""
+        info = self._infos[name]
+        with self._zip.open(info) as f:
+            data = f.read(info.file_size + 1)
+        if len(data) != info.file_size:
+            raise CheckpointError(f"zip member {name!r} holds {len(data)} bytes, declared {info.file_size}",
+                                  path=self.path, offset=info.header_offset)
+        return data
 
     def _tensor(self, name: str, r: _Rebuilt) -> TorchTensor:
         s = r.storage
@@ -259,13 +286,16 @@ class TorchBinFile:
             raise CheckpointError(
                 f"storage data/{s.key} has {info.file_size} bytes, expected {s.numel} x {s.dtype}",
                 path=self.path, tensor=name)
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise CheckpointError(
+                f"storage data/{s.key} is compressed (method {info.compress_type}); torch.save stores records "
+                "uncompressed and this reader maps them in place", path=self.path, offset=info.header_offset,
+                tensor=name)
         return TorchTensor(name, s.dtype, size, s, r.offset, stride, self)
 
     def _record(self, t: TorchTensor) -> np.ndarray:
         """The whole storage of ``t`` as a 1-D read-only array over the mmap."""
-        info = self._infos[f"{self._root}data/{t.storage.key}"]
-        if info.compress_type != zipfile.ZIP_STORED:  # not written by torch; copy it out
-            return np.frombuffer(self._zip.read(info), t.storage.np_dtype)
+        info = self._infos[f"{self._root}data/{t.storage.key}"]  # stored: checked in _tensor
         h = info.header_offset
         if h + 30 > self.size or self._map[h:h + 4] != b"PK\x03\x04":
             raise CheckpointError("bad local zip header", path=self.path, offset=h, tensor=t.name)
