@@ -18,7 +18,7 @@ arguments, EXT2, short storages and truncations.  This file adds:
   hashing) run in a child process;
 - a mutation fuzzer over data.pkl opcodes and the zip bytes of real ``torch.save`` files.
 
-Findings in gguflite/convert/torchbin.py are strict xfails (the lead routes them).
+Findings in gguflite/convert/torchbin.py were strict xfails; all are fixed now and their tests plain.
 """
 from __future__ import annotations
 
@@ -334,8 +334,6 @@ def test_a_deflated_storage_record_bomb_allocates_about_the_file_size(tmp_path):
     assert peak <= 2 * size + ALLOC_SLACK, f"peak {peak} bytes for a {size}-byte file"
 
 
-@pytest.mark.xfail(strict=True, reason="finding for gguflite/convert/torchbin.py: unpickling amplifies: each "
-                   "1-byte EMPTY_LIST opcode leaves a ~64-byte list on the stack (300 KB data.pkl -> ~20 MB)")
 def test_unpickling_allocates_about_the_file_size(tmp_path):
     p = torch_zip(tmp_path / "amp.bin", b"\x80\x02" + b"]" * 300_000 + b"}.")
     size = p.stat().st_size
@@ -431,10 +429,6 @@ def _in_child(path) -> subprocess.CompletedProcess:
                           cwd=Path(__file__).resolve().parents[1])
 
 
-@pytest.mark.xfail(strict=True, reason="finding for gguflite/convert/torchbin.py: a 200 KB data.pkl whose dict "
-                   "key is a tuple nested 200k deep (EMPTY_TUPLE + TUPLE1 x 200k) segfaults the interpreter "
-                   "(SIGSEGV, C stack overflow in tuple hashing inside the unpickler); plain pickle does too, "
-                   "so the reader needs a nesting pre-scan (pickletools.genops) before load()")
 def test_a_deeply_nested_dict_key_does_not_crash_the_interpreter(tmp_path):
     p = torch_zip(tmp_path / "deep.bin", b"\x80\x02}" + b")" + b"\x85" * 200_000 + b"K\x01s.")
     r = _in_child(p)

@@ -260,6 +260,21 @@ def test_a_size_one_dim_with_a_zero_stride_still_reads(tmp_path):
         np.testing.assert_array_equal(f.tensors["position_ids"].load(), x.numpy())
 
 
+@pytest.mark.parametrize("pkl, words", [
+    (b"\x80\x02" + b")" + b"\x85" * 100 + b".", "nests objects 33 deep"),
+    (b"\x80\x02X\xa0\x86\x01\x00" + b"x" * 100_000 + b"0" + b"N" * 10_001 + b".", "more than 10000 items"),
+    (b"\x80\x02}N" + b"r\xff\xff\xff\x7f" + b"0.", "out of order"),
+    (b"\x80\x02}h\x05.", "never written"),
+    (b"\x80\x02]" + b"]a" * 50_000 + b"0}.", "bytes of objects"),
+    (b"\x80\x02}", "not a valid pickle"),
+])
+def test_pickles_that_would_crash_or_amplify_are_refused_before_loading(tmp_path, pkl, words):
+    path = _torch_zip(tmp_path / "p.bin", pkl)
+    with pytest.raises(CheckpointError, match=words) as e:
+        TorchBinFile(path)
+    assert str(path) in str(e.value)
+
+
 def test_a_compressed_storage_record_is_refused_and_a_deflated_data_pkl_still_reads(tmp_path):
     torch.save({"w": torch.arange(4.0)}, tmp_path / "ok.bin")
     with zipfile.ZipFile(tmp_path / "ok.bin") as z:

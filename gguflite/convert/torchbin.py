@@ -8,10 +8,28 @@ opcode goes through ``find_class``, which here returns only stand-ins from ``_AL
 (the tensor-rebuild functions, the typed storage classes, ``OrderedDict``) and raises
 ``CheckpointError`` naming anything else.  Nothing from torch is imported or called.
 
+Hostile files are bounded before anything is built or read:
+
+- zip: every member's local header + compressed size must lie inside the file; a stored
+  member's two sizes must agree; data.pkl (and byteorder) may inflate to at most the
+  file's size; storage records must be stored (torch never compresses them; they are
+  mapped in place, never inflated).
+- pickle: ``_prescan_pickle`` walks data.pkl's opcodes first and refuses nesting deeper
+  than ``MAX_PICKLE_DEPTH`` (a deep tuple key crashes CPython while hashing), more than
+  ``MAX_PICKLE_STACK`` stack items, out-of-order memo indices, and pickles that would
+  build more than ``PICKLE_COST_FACTOR`` x their size in Python objects.
+- BUILD: every stand-in (storage types, storage refs, rebuild functions, their results)
+  refuses ``__setstate__``, so a pickle cannot change the reader's module state; BUILD
+  still works on the fresh ``OrderedDict`` a state dict is (its ``_metadata``).
+- tensors: at most 64 dims; a dim larger than 1 needs a non-zero stride; the view's
+  extent (offset + sum((size-1)*stride) + 1 elements) must fit its storage; and it may
+  show no more elements than its storage holds (overlapping and broadcast views are
+  refused), so ``nbytes`` never exceeds the storage record's size.  A zero-size tensor's
+  dims must fit numpy (product of the non-zero dims x item size < 2**63).
+
 Tensors are lazy: ``load()`` maps the one storage record it needs (zero-copy over the
-memory-mapped archive) and returns a read-only strided numpy view after checking that
-offset/size/stride stay inside the storage.  The legacy pre-1.6 tar/pickle format is
-refused with a clear error.
+memory-mapped archive) and returns a read-only strided numpy view.  The legacy pre-1.6
+tar/pickle format is refused with a clear error.
 """
 from __future__ import annotations
 
@@ -20,6 +38,7 @@ import io
 import mmap
 import os
 import pickle
+import pickletools
 import struct
 import zipfile
 from dataclasses import dataclass
@@ -43,15 +62,15 @@ STORAGE_DTYPES: dict[str, tuple[str, np.dtype]] = {
 }
 
 
+MAX_DIMS = 64  # numpy's NPY_MAXDIMS
+
+
 def _no_build(self, state):
     """``__setstate__`` of every stand-in: pickle's BUILD calls it instead of writing the
     object's attributes, so a file cannot rewrite a shared stand-in (frozen dataclasses
     only block ``__setattr__``; BUILD would write ``__dict__``)."""
     raise CheckpointError(f"refusing BUILD on {type(self).__name__} (only a state dict's OrderedDict "
                           "takes a state)")
-
-
-MAX_DIMS = 64  # numpy's NPY_MAXDIMS
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +171,115 @@ _ALLOWED = {
 }
 
 
+MAX_PICKLE_DEPTH = 32  # nesting of containers/calls; a torch state dict needs about 8
+MAX_PICKLE_STACK = 10_000  # stack items; torch's pickler batches dict items by 1000 (~2000 on the stack)
+PICKLE_COST_FACTOR = 32  # estimated bytes of unpickled objects allowed per byte of data.pkl ...
+# (a torch.save of a 200-layer module state dict estimates at 17x; the real peak is about 9x)
+PICKLE_COST_SLACK = 256 * 1024  # ... plus this
+# estimated bytes of the Python objects the unpickler makes (CPython 3.11, generous)
+_COST_OBJECT, _COST_LIST_ITEM, _COST_DICT_ITEM, _COST_SET_ITEM, _COST_MEMO = 64, 16, 100, 64, 16
+_MARK = -1
+_GET_OPS = {"GET", "BINGET", "LONG_BINGET"}
+_PUT_OPS = {"PUT", "BINPUT", "LONG_BINPUT"}
+# ops that add to the container below their items and leave that container on the stack
+_ITEM_COST = {"APPEND": _COST_LIST_ITEM, "APPENDS": _COST_LIST_ITEM, "SETITEM": _COST_DICT_ITEM,
+              "SETITEMS": _COST_DICT_ITEM, "ADDITEMS": _COST_SET_ITEM, "BUILD": _COST_DICT_ITEM}
+
+
+def _prescan_pickle(data: bytes, path: str) -> None:
+    """Walk ``data``'s opcodes (``pickletools.genops``, nothing built) and refuse, before
+    ``load()``, a pickle that nests deeper than ``MAX_PICKLE_DEPTH`` (a deep tuple used as
+    a dict key overflows the C stack while hashing: the interpreter crashes), keeps more
+    than ``MAX_PICKLE_STACK`` items on its stack, uses memo indices out of order (the C
+    unpickler sizes its memo array by the largest index), or would build more than
+    ``PICKLE_COST_FACTOR`` x its size + ``PICKLE_COST_SLACK`` bytes of Python objects.
+
+    The stack is simulated as one nesting depth per item; the memo as a list of depths.
+    Depths are an upper bound for objects built at once (tuples, call results); a mutable
+    container grown through a memo alias can be deeper than recorded, but lists, dicts
+    and sets are not hashable and their repr/compare/dealloc are recursion-guarded."""
+    stack: list[int] = []
+    memo: list[int] = []
+    cost = 0
+    budget = PICKLE_COST_FACTOR * len(data) + PICKLE_COST_SLACK
+
+    def bad(msg, pos):
+        return CheckpointError(f"data.pkl {msg}", path=path, offset=pos)
+
+    def pop_to_mark(pos):
+        i = len(stack) - 1
+        while i >= 0 and stack[i] != _MARK:
+            i -= 1
+        if i < 0:
+            raise bad("pops past a missing MARK", pos)
+        items = stack[i + 1:]
+        del stack[i:]
+        return items
+
+    try:
+        for op, arg, pos in pickletools.genops(data):
+            name = op.name
+            if name == "STOP":
+                break
+            if name in _GET_OPS:
+                if not (isinstance(arg, int) and 0 <= arg < len(memo)):
+                    raise bad(f"reads memo entry {arg}, which was never written", pos)
+                stack.append(memo[arg])
+                cost += 8
+            elif name in _PUT_OPS or name == "MEMOIZE":
+                idx = len(memo) if name == "MEMOIZE" else arg
+                if not stack or stack[-1] == _MARK:
+                    raise bad("memoizes an empty stack", pos)
+                if not (isinstance(idx, int) and 0 <= idx <= len(memo)):
+                    raise bad(f"writes memo entry {idx} out of order ({len(memo)} written so far)", pos)
+                if idx == len(memo):
+                    memo.append(stack[-1])
+                    cost += _COST_MEMO
+                else:
+                    memo[idx] = stack[-1]
+            elif name == "DUP":
+                if not stack:
+                    raise bad("duplicates an empty stack", pos)
+                stack.append(stack[-1])
+            else:
+                before = op.stack_before
+                if pickletools.markobject in before:
+                    popped = pop_to_mark(pos)
+                    n_below = before.index(pickletools.markobject)
+                else:
+                    popped, n_below = [], len(before)
+                if n_below:
+                    if len(stack) < n_below or _MARK in stack[-n_below:]:
+                        raise bad(f"{name} finds too few items on the stack", pos)
+                    popped = stack[-n_below:] + popped
+                    del stack[-n_below:]
+                for after in op.stack_after:
+                    if after is pickletools.markobject:
+                        stack.append(_MARK)
+                    elif name in _ITEM_COST:  # container, items -> container
+                        inner = max(popped[1:], default=0)
+                        stack.append(max(popped[0], inner + 1))
+                        cost += _ITEM_COST[name] * max(len(popped) - 1, 1) // (2 if name in ("SETITEM", "SETITEMS") else 1)
+                    else:  # a new object made of the popped ones
+                        stack.append(1 + max(popped, default=-1))
+                        cost += _COST_OBJECT + 8 * len(popped)
+                        if isinstance(arg, (str, bytes, bytearray)):
+                            cost += len(arg)
+                        elif isinstance(arg, int) and not isinstance(arg, bool):
+                            cost += arg.bit_length() // 8
+            if stack and stack[-1] > MAX_PICKLE_DEPTH:
+                raise bad(f"nests objects {stack[-1]} deep (at most {MAX_PICKLE_DEPTH})", pos)
+            if len(stack) > MAX_PICKLE_STACK:
+                raise bad(f"keeps more than {MAX_PICKLE_STACK} items on its stack", pos)
+            if cost > budget:
+                raise bad(f"would build more than {budget} bytes of objects from {len(data)} bytes "
+                          f"(at most {PICKLE_COST_FACTOR}x its size + {PICKLE_COST_SLACK})", pos)
+    except CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001  genops: truncated or unknown opcodes, bad args
+        raise CheckpointError(f"data.pkl is not a valid pickle: {type(e).__name__}: {e}", path=path) from None
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     def __init__(self, data: bytes, path: str, big_endian: bool):
         super().__init__(io.BytesIO(data))
@@ -213,6 +341,7 @@ class TorchBinFile:
         byteorder = self._root + "byteorder"
         big = byteorder in names and self._read_small(byteorder).strip() == b"big"
         data = self._read_small(pkl[0])
+        _prescan_pickle(data, self.path)
         obj = _RestrictedUnpickler(data, self.path, big).load()
         del data
         if not isinstance(obj, dict):
