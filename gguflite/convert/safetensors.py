@@ -206,10 +206,10 @@ def _prescan(raw: bytes, file_size: int, path: str) -> None:
         return CheckpointError(msg, path=path, offset=8 + at)
 
     for m in _TOKEN.finditer(raw):
-        tok = m.group()
-        c = tok[:1]
+        start = m.start()
+        c = raw[start:start + 1]  # not m.group(): a string token may be most of the header
         if c == b'"':
-            cost += _COST_STR + len(tok)
+            cost += _COST_STR + m.end() - start
         elif c == b"{":
             if len(stack) >= 2 or stack[-1:] == [b"["]:
                 raise bad("header nests an object where the format has none (it is "
