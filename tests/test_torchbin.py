@@ -236,8 +236,9 @@ def test_build_on_a_storage_record_is_refused(tmp_path):
     i = pkl.index(b"Q", pkl.index(b"cpu")) + 1
     evil = pkl[:i] + b"}X\x05\x00\x00\x00numelK\x01sb" + pkl[i:]
     assert evil != pkl
-    with pytest.raises(CheckpointError, match="BUILD"):
+    with pytest.raises(CheckpointError, match="BUILD") as e:
         TorchBinFile(_torch_zip(tmp_path / "evil.bin", evil, {"0": b"\0" * 16}))
+    assert str(tmp_path / "evil.bin") in str(e.value)
 
 
 @pytest.mark.parametrize("make, words", [

@@ -321,9 +321,9 @@ class TorchBinFile:
         self.size = size
         try:
             self._open()
-        except CheckpointError:
+        except CheckpointError as e:
             self.close()
-            raise
+            raise e.with_path(self.path)  # the stand-ins' BUILD refusal does not know the path
         except Exception as e:  # noqa: BLE001  zipfile and pickle raise a dozen types on damaged input
             self.close()
             raise CheckpointError(f"corrupt PyTorch checkpoint: {type(e).__name__}: {e}", path=self.path) from None
