@@ -259,7 +259,8 @@ def _prescan_pickle(data: bytes, path: str) -> None:
                     elif name in _ITEM_COST:  # container, items -> container
                         inner = max(popped[1:], default=0)
                         stack.append(max(popped[0], inner + 1))
-                        cost += _ITEM_COST[name] * max(len(popped) - 1, 1) // (2 if name in ("SETITEM", "SETITEMS") else 1)
+                        per_item = 2 if name in ("SETITEM", "SETITEMS") else 1  # key + value
+                        cost += _ITEM_COST[name] * max(len(popped) - 1, 1) // per_item
                     else:  # a new object made of the popped ones
                         stack.append(1 + max(popped, default=-1))
                         cost += _COST_OBJECT + 8 * len(popped)
