@@ -17,8 +17,6 @@ them back, and renamed into place together (both files or neither).
 from __future__ import annotations
 
 import os
-import sys
-import time
 import zlib
 from dataclasses import dataclass
 from typing import Callable
@@ -27,7 +25,8 @@ import numpy as np
 
 from .. import names
 from ..errors import GGUFError
-from ..types import GGMLType, TYPE_TRAITS
+from ..progress import ProgressBar
+from ..types import GGMLType, TYPE_TRAITS, tensor_nbytes
 from .checkpoint import as_float32
 
 
@@ -79,36 +78,23 @@ def _tensor_bytes(p: PlannedTensor) -> np.ndarray:
 
 
 class _Progress:
-    """A one-line progress bar on stderr: tensors and bytes done."""
+    """Bytes and tensors done over both outputs, drawn with gguflite's progress bar."""
 
     def __init__(self, plans, enabled: bool):
         self.total = sum(_out_nbytes(p) for _, _, plan in plans for p in plan)
         self.n = sum(len(plan) for _, _, plan in plans)
         self.done = self.i = 0
-        self.enabled = enabled and self.n > 0
-        self.t0 = self.last = time.monotonic()
+        self.bar = ProgressBar("convert") if enabled and self.n > 0 else None
 
     def step(self, p: PlannedTensor):
         self.i += 1
         self.done += _out_nbytes(p)
-        now = time.monotonic()
-        if self.enabled and (now - self.last > 0.2 or self.i == self.n):
-            self.last = now
-            frac = self.done / max(self.total, 1)
-            bar = "#" * int(30 * frac)
-            sys.stderr.write(f"\r[{bar:<30}] {self.i}/{self.n} tensors {self.done / 1e6:.1f}/{self.total / 1e6:.1f} MB "
-                             f"{time.monotonic() - self.t0:.0f}s  {p.name[:40]:<40}")
-            if self.i == self.n:
-                sys.stderr.write("\n")
-            sys.stderr.flush()
+        if self.bar:
+            self.bar(self.done, self.total, f"{self.i}/{self.n} tensors  {p.name[:40]:<40}")
 
 
 def _out_nbytes(p: PlannedTensor) -> int:
-    t = TYPE_TRAITS[p.type]
-    n = 1
-    for s in p.shape:
-        n *= s
-    return n // t.block_size * t.type_size
+    return tensor_nbytes(p.type, tuple(p.shape))
 
 
 def write_both(jobs, progress: bool) -> None:

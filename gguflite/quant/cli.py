@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import sys
-import time
 
+from ..progress import ProgressBar
 from .requantize import SCHEMES, requantize
 
 
@@ -26,29 +26,9 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_requantize)
 
 
-class ProgressBar:
-    """``requantize [#####.....]  42%  1.20/2.90 GB`` on stderr, redrawn at most 10 times a second."""
-
-    def __init__(self, stream=sys.stderr, width: int = 30):
-        self.stream, self.width, self.last = stream, width, 0.0
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if done < total and now - self.last < 0.1:
-            return
-        self.last = now
-        frac = done / total if total else 1.0
-        bar = "#" * int(frac * self.width)
-        scale, unit = (1e9, "GB") if total >= 1e9 else (1e6, "MB")
-        self.stream.write(f"\rrequantize [{bar:<{self.width}}] {frac:4.0%}  {done / scale:.2f}/{total / scale:.2f} {unit}")
-        if done >= total:
-            self.stream.write("\n")
-        self.stream.flush()
-
-
 def cmd_requantize(args) -> int:
     targets = requantize(args.input, args.output, args.type, allow_requantize=args.allow_requantize,
-                         progress=None if args.quiet else ProgressBar())
+                         progress=None if args.quiet else ProgressBar("requantize"))
     n = sum(t is not None for t in targets.values())
     print(f"{args.output}: {n} of {len(targets)} tensors quantized ({args.type})", file=sys.stderr)
     return 0
