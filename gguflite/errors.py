@@ -57,6 +57,16 @@ class GGUFError(Exception):
         return self
 
 
+def short_repr(x, limit: int = 80) -> str:
+    """repr of a value read from a file, cut short for an error message: a hostile file can
+    make it huge or nested too deep to repr."""
+    try:
+        r = repr(x)
+    except RecursionError:
+        return f"<{type(x).__name__}>"
+    return r if len(r) <= limit else r[:limit] + "..."
+
+
 class TruncatedFile(GGUFError):
     def __init__(self, offset: int, need: int, have: int, what: str = "data", **kw):
         self.need = need

@@ -103,6 +103,16 @@ def decode_str(raw: bytes) -> str:
 # --------------------------------------------------------------------------- values
 
 
+def _checked_index(i, count: int, what: str) -> int:
+    """A Python index into ``count`` items (negative counts from the end), or IndexError."""
+    j = int(i)
+    if j < 0:
+        j += count
+    if not 0 <= j < count:
+        raise IndexError(f"index {i} out of range for {count} {what}")
+    return j
+
+
 class StringArray(Sequence):
     """A lazy, read-only sequence of the ``count`` strings stored from byte ``start`` of
     a file.  Parsing only skips over them; the offset of each string is found on first
@@ -149,18 +159,13 @@ class StringArray(Sequence):
 
     def raw(self, i: int) -> bytes:
         """The undecoded bytes of string ``i``."""
+        i = _checked_index(i, self._count, "strings")
         b = self._index()
-        i = int(i) + (self._count if int(i) < 0 else 0)
         return bytes(self._buf[int(b[i]) + self.len_size : int(b[i + 1])])  # inside the file: walked
 
     def __getitem__(self, i):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(self._count))]
-        i = int(i)
-        if i < 0:
-            i += self._count
-        if not 0 <= i < self._count:
-            raise IndexError(f"string index {i} out of range for {self._count} strings")
         return decode_str(self.raw(i))
 
     def __iter__(self) -> Iterator[str]:
@@ -226,11 +231,7 @@ class NestedArray(Sequence):
     def __getitem__(self, i):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(self._count))]
-        i = int(i)
-        if i < 0:
-            i += self._count
-        if not 0 <= i < self._count:
-            raise IndexError(f"index {i} out of range for {self._count} inner arrays")
+        i = _checked_index(i, self._count, "inner arrays")
         return self._parser(int(self._index()[i])).array(self._key, self._depth)[0]
 
     def __iter__(self):

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, short_repr
 
 MAX_HEADER_SIZE = 100_000_000  # safetensors' own cap
 MAX_DIMS = 64  # numpy's NPY_MAXDIMS; also bounds every list in the header
@@ -124,26 +124,26 @@ class SafetensorsFile:
         # like the Rust reader: absent or an object of strings (not [], "", 0, false or null)
         meta = header.pop("__metadata__", {})
         if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
-            raise bad(f"__metadata__ must map strings to strings, got {_short(meta)}")
+            raise bad(f"__metadata__ must map strings to strings, got {short_repr(meta)}")
         tensors: dict[str, SafetensorsTensor] = {}
         ranges = []
         for name, info in header.items():
             if not isinstance(info, dict) or set(info) - {"dtype", "shape", "data_offsets"}:
-                raise bad(f"malformed entry {_short(info)}", name)
+                raise bad(f"malformed entry {short_repr(info)}", name)
             dtype, shape, offs = info.get("dtype"), info.get("shape"), info.get("data_offsets")
             if not isinstance(dtype, str) or dtype not in DTYPES:
-                raise bad(f"unknown dtype {_short(dtype)}", name)
+                raise bad(f"unknown dtype {short_repr(dtype)}", name)
             if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
-                raise bad(f"shape must be a list of non-negative ints, got {_short(shape)}", name)
+                raise bad(f"shape must be a list of non-negative ints, got {short_repr(shape)}", name)
             if len(shape) > MAX_DIMS:
                 raise bad(f"shape has {len(shape)} dims, more than the {MAX_DIMS} numpy can hold", name)
             nonzero = 1
             for d in shape:
                 nonzero *= d or 1
             if nonzero * DTYPES[dtype].itemsize >= 2**63:
-                raise bad(f"shape {_short(shape)} is too big for numpy (dims product x item size >= 2**63)", name)
+                raise bad(f"shape {short_repr(shape)} is too big for numpy (dims product x item size >= 2**63)", name)
             if not (isinstance(offs, list) and len(offs) == 2 and all(_is_int(o) for o in offs)):
-                raise bad(f"data_offsets must be [begin, end], got {_short(offs)}", name)
+                raise bad(f"data_offsets must be [begin, end], got {short_repr(offs)}", name)
             begin, end = offs
             count = 1
             for d in shape:
@@ -239,14 +239,6 @@ def _prescan(raw: bytes, file_size: int, path: str) -> None:
             raise bad(f"header would take more than {budget} bytes of memory to parse (about {cost} so far): "
                       f"more entries than a {file_size}-byte file needs", m.start())
 
-
-def _short(x, limit: int = 80) -> str:
-    """repr of a value from a header, cut short (a hostile header can make it huge)."""
-    try:
-        r = repr(x)
-    except RecursionError:
-        return f"<{type(x).__name__}>"
-    return r if len(r) <= limit else r[:limit] + "..."
 
 
 def _is_int(x) -> bool:

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, short_repr
 
 # torch storage class name -> (safetensors-style dtype name, little-endian numpy dtype)
 STORAGE_DTYPES: dict[str, tuple[str, np.dtype]] = {
@@ -384,7 +384,7 @@ class TorchBinFile:
             raise CheckpointError("tensor size and stride must be tuples", path=self.path, tensor=name)
         size, stride = tuple(r.size), tuple(r.stride)
         if (len(size) != len(stride) or not all(map(_nonneg_int, size + stride)) or not _nonneg_int(r.offset)):
-            raise CheckpointError(f"bad size {_short(size)} / stride {_short(stride)} / offset {_short(r.offset)}",
+            raise CheckpointError(f"bad size {short_repr(size)} / stride {short_repr(stride)} / offset {short_repr(r.offset)}",
                                   path=self.path, tensor=name)
         if len(size) > MAX_DIMS:
             raise CheckpointError(f"{len(size)} dims, more than the {MAX_DIMS} numpy can hold",
@@ -471,14 +471,6 @@ class TorchBinFile:
     def __exit__(self, *exc):
         self.close()
 
-
-def _short(x, limit: int = 80) -> str:
-    """repr of a value from the pickle, cut short (it can be huge or deeply nested)."""
-    try:
-        r = repr(x)
-    except RecursionError:
-        return f"<{type(x).__name__}>"
-    return r if len(r) <= limit else r[:limit] + "..."
 
 
 def _nonneg_int(x) -> bool:
