@@ -194,9 +194,6 @@ def test_fixture_images_are_described_with_their_captions(ref):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="the committed checkpoint measures 92.5% exact captions on these 200 "
-                          "images (96% on the trainer's validation seed); it needs more training",
-                   strict=False)
 def test_reference_captions_at_least_95_percent_of_200_fresh_images_exactly(ref):
     pairs = shapes.generate(FRESH_SEED, 200)
     wrong = [(cap, got) for image, cap in pairs if (got := ref.answer(image)) != cap]
