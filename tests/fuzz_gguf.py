@@ -27,12 +27,10 @@ the profile's example count (``make fuzz``; HYPOTHESIS_PROFILE=expensive for lon
 from __future__ import annotations
 
 import os
-import signal
 import struct
 import time
 import tracemalloc
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,37 +41,16 @@ from hypothesis import HealthCheck, currently_in_test_context, event, given, set
 import gguflite
 from gguflite import GGUFError, GGUFWriter, ValueType as V
 from gguflite.errors import WriteError
-from gguflite.types import TYPE_TRAITS, align_up
+from gguflite.types import TYPE_TRAITS
+from tests.fuzz_bounds import ALLOC_SLACK, TIME_LIMIT, run_bounded
 
 CORPUS = Path(__file__).parent / "fuzz_corpus"
-TIME_LIMIT = 1.0  # CPU seconds per input (CPU, not wall-clock: the test machines are shared)
-ALLOC_SLACK = 512 * 1024  # bytes allocated beyond the file's size (Python objects, parse state)
 FUZZ_SCALE = int(os.environ.get("FUZZ_SCALE", "10"))
 
 pytestmark = pytest.mark.timeout(900)
 
 
 # --------------------------------------------------------------------------- the property
-
-
-class InputTooSlow(Exception):
-    """Raised from the interval timer when one input runs past TIME_LIMIT."""
-
-
-@contextmanager
-def time_limit(seconds: float):
-    """Interrupt Python code running past ``seconds`` (SIGALRM; main thread only)."""
-
-    def on_alarm(signum, frame):
-        raise InputTooSlow(f"input took longer than {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def _touch(value) -> None:
@@ -122,51 +99,28 @@ class Outcome:
     error: GGUFError | None
     peak: int
     seconds: float
-    known: str | None = None  # a reported finding this input hit (see KNOWN)
 
 
-def _known(exc: BaseException) -> str | None:
-    """Findings reported to the reader's owner and pinned by a strict xfail: the
-    fuzzers count inputs that hit them (hypothesis events) instead of stopping on them,
-    so that they keep looking for new ones.  Delete an entry when its xfail turns XPASS."""
-    return None  # none open (the last, a ValueError from TensorInfo.data, is fixed and tested below)
+def _names_its_file(error: GGUFError, path) -> None:
+    """The file itself, or another shard of its split model beside it; an offset in the
+    file itself lies inside it."""
+    assert os.path.dirname(str(error.path)) == os.path.dirname(str(path)), f"error does not name the file: {error}"
+    if str(error.path) == str(path):
+        size = os.path.getsize(path)
+        assert error.offset is None or 0 <= error.offset <= size, f"offset outside the file: {error}"
 
 
 def run_input(path) -> Outcome:
     """Run the property on one file and enforce the time and allocation bounds."""
-    size = os.path.getsize(path)
-    summary = error = known = None
-    tracemalloc.start()
-    t0 = time.process_time()
-    try:
-        with time_limit(TIME_LIMIT * 10):  # wall-clock hard stop; the CPU-time bound is asserted below
-            try:
-                summary = use_everything(path)
-            except GGUFError as e:
-                error = e
-            except Exception as e:
-                known = _known(e)
-                if known is None:
-                    raise
-        seconds = time.process_time() - t0
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert seconds < TIME_LIMIT, f"{path}: {seconds:.2f} s"
-    assert peak <= size + ALLOC_SLACK, f"{path}: peak allocation {peak} bytes for a {size}-byte file"
-    if error is not None:
-        # the file itself, or another shard of its split model beside it
-        assert os.path.dirname(str(error.path)) == os.path.dirname(str(path)), f"error does not name the file: {error}"
-        if str(error.path) == str(path):
-            assert error.offset is None or 0 <= error.offset <= size, f"offset outside the file: {error}"
-    return Outcome(summary, error, peak, seconds, known)
+    out = run_bounded(path, use_everything, GGUFError, _names_its_file)
+    return Outcome(out.result, out.error, out.peak, out.seconds)
 
 
 def check_bytes(raw: bytes, path) -> Outcome:
     Path(path).write_bytes(raw)
     out = run_input(path)
     if currently_in_test_context():  # (atheris_gguf.py calls this outside hypothesis)
-        event(f"known finding: {out.known}" if out.known else "read" if out.error is None else type(out.error).__name__)
+        event("read" if out.error is None else type(out.error).__name__)
     if out.summary is not None:
         compare_with_gguf_py(path, out.summary)
     return out

@@ -11,17 +11,14 @@ their JSON header (dtypes, shapes, data_offsets, extra and duplicate entries,
 overlapping ranges, bad dtypes, non-JSON, deep nesting, invalid UTF-8) and at the byte
 level; plus the committed corpus (tests/fuzz_corpus/safetensors).
 
-Findings in the reader that are reported but not yet fixed are listed in ``KNOWN``: each
-has a strict-xfail minimal test below, and the fuzz property counts inputs that hit one
-(as a hypothesis event) instead of failing on them, so the fuzzer keeps looking for new
-ones.  When a finding is fixed its xfail turns into a failure: delete both entries.
+The bounds themselves (time, allocation, the error naming the file) are
+tests/fuzz_bounds.py's, shared with the other fuzzers.  Findings so far are fixed and
+pinned by the plain tests at the end.
 """
 from __future__ import annotations
 
 import json
-import os
 import struct
-import time
 import tracemalloc
 from pathlib import Path
 
@@ -31,21 +28,14 @@ from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 from gguflite.convert.safetensors import SafetensorsFile
 from gguflite.errors import CheckpointError
-from tests.fuzz_gguf import ALLOC_SLACK, FUZZ_SCALE, TIME_LIMIT, time_limit
+from tests.fuzz_bounds import ALLOC_SLACK, run_bounded
+from tests.fuzz_gguf import FUZZ_SCALE
 
 CORPUS = Path(__file__).parent / "fuzz_corpus"
 DTYPES = ["F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U64", "U32", "U16", "U8", "BOOL",
           "F8_E4M3", "F8_E5M2"]
 
 pytestmark = pytest.mark.timeout(900)
-
-
-# --------------------------------------------------------------------------- known findings
-
-
-def _known(exc: BaseException) -> str | None:
-    """The name of the reported finding ``exc`` is an instance of, or None."""
-    return None  # every finding so far is fixed (see the tests at the end)
 
 
 # --------------------------------------------------------------------------- the property
@@ -63,36 +53,15 @@ def use_everything(path) -> dict:
 
 
 def run_input(path):
-    """(summary or None, CheckpointError or None, known finding or None)."""
-    size = os.path.getsize(path)
-    summary = error = known = None
-    tracemalloc.start()
-    t0 = time.process_time()
-    try:
-        with time_limit(TIME_LIMIT * 10):
-            try:
-                summary = use_everything(path)
-            except CheckpointError as e:
-                error = e
-            except Exception as e:
-                known = _known(e)
-                if known is None:
-                    raise
-        seconds = time.process_time() - t0
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert seconds < TIME_LIMIT, f"{path}: {seconds:.2f} s"
-    assert peak <= size + ALLOC_SLACK, f"{path}: peak allocation {peak} bytes for a {size}-byte file"
-    if error is not None:
-        assert str(path) in str(error), f"error does not name the file: {error}"
-    return summary, error, known
+    """(summary or None, CheckpointError or None), within the bounds."""
+    out = run_bounded(path, use_everything, CheckpointError)
+    return out.result, out.error
 
 
 def check_bytes(raw: bytes, path) -> None:
     Path(path).write_bytes(raw)
-    summary, error, known = run_input(path)
-    event("read" if summary is not None else f"known finding: {known}" if known else "CheckpointError")
+    summary, error = run_input(path)
+    event("read" if summary is not None else "CheckpointError")
     if summary is not None:
         compare_with_safetensors(path, summary)
 
@@ -262,8 +231,8 @@ def _manifest() -> dict[str, str]:
 
 @pytest.mark.parametrize("name", sorted(_manifest()))
 def test_every_safetensors_corpus_file_gives_its_expected_outcome(name):
-    summary, error, known = run_input(CORPUS / name)
-    got = "ok" if summary is not None else type(error).__name__ if error else known
+    summary, error = run_input(CORPUS / name)
+    got = "ok" if summary is not None else type(error).__name__
     assert got in _manifest()[name].split("|"), f"{name}: got {got}: {error}"
 
 
@@ -271,7 +240,7 @@ def test_a_header_size_bomb_reads_no_more_than_the_file(tmp_path):
     """A header size just under the cap in a tiny file: refused before anything is read."""
     p = tmp_path / "bomb.safetensors"
     p.write_bytes(assemble(b"{}", b"", 99_999_999))
-    summary, error, _ = run_input(p)
+    summary, error = run_input(p)
     assert error is not None and "past the end" in str(error)
 
 
@@ -282,7 +251,7 @@ def test_a_valid_file_with_every_dtype_agrees_with_the_rust_reader(tmp_path):
                                                                  "<u8", "<u4", "<u2", "u1", "?"]}
     p = tmp_path / "all.safetensors"
     p.write_bytes(save(arrays))
-    summary, error, _ = run_input(p)
+    summary, error = run_input(p)
     assert error is None
     compare_with_safetensors(p, summary)
 
