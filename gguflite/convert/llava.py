@@ -154,6 +154,21 @@ def _fail_shape(part: str, gname: str, src, want) -> CheckpointError:
                            path=getattr(getattr(src, "_file", None), "path", None), tensor=src.name)
 
 
+def _map_checked(table, local: str, t, expect: dict, dropped: list, part: str, outside: str):
+    """``(gguf name, permute)`` of source tensor ``t`` after checking that it belongs to the
+    model config.json describes and has the shape the config implies; ``(None, None)`` (and
+    the name in ``dropped``) for tensors llama.cpp does not use."""
+    gname, permute = names.map_name(table, local)
+    if gname is None:
+        dropped.append(t.name)
+        return None, None
+    if gname not in expect:
+        raise CheckpointError(f"{gname} is outside {outside}", tensor=t.name)
+    if tuple(t.shape) != expect[gname]:
+        raise _fail_shape(part, gname, t, expect[gname])
+    return gname, permute
+
+
 def _plan_llm(layout: Layout, tensors: dict, outtype: str, dropped: list) -> list[PlannedTensor]:
     tp = layout.text
     q, kv = tp.n_head * tp.head_dim, tp.n_head_kv * tp.head_dim
@@ -167,14 +182,10 @@ def _plan_llm(layout: Layout, tensors: dict, outtype: str, dropped: list) -> lis
         expect.update({f"blk.{i}.{k}": v for k, v in per_layer.items()})
     plan = []
     for local, t in tensors.items():
-        gname, permute = names.map_name(names.LLAMA, local)
+        gname, permute = _map_checked(names.LLAMA, local, t, expect, dropped, "LLM",
+                                      f"the {tp.n_layer}-layer model of config.json")
         if gname is None:
-            dropped.append(t.name)
             continue
-        if gname not in expect:
-            raise CheckpointError(f"{gname} is outside the {tp.n_layer}-layer model of config.json", tensor=t.name)
-        if tuple(t.shape) != expect[gname]:
-            raise _fail_shape("LLM", gname, t, expect[gname])
         heads = {"q": tp.n_head, "k": tp.n_head_kv}.get(permute)
         plan.append(PlannedTensor(gname, t, tuple(t.shape), GGMLType.F32, heads))
     missing = set(expect) - {p.name for p in plan} - {"output.weight"}
@@ -222,14 +233,10 @@ def _plan_mmproj(layout: Layout, parts, outtype: str, dropped: list) -> list[Pla
             expect[f"v.blk.{i}.{k}.bias"] = (w[0],) if w else (d,)
     plan, conv = [], set()
     for local, t in parts["vision"].items():
-        gname, _ = names.map_name(names.CLIP_VISION, local)
+        gname, _ = _map_checked(names.CLIP_VISION, local, t, expect, dropped, "vision",
+                                f"the {vp.n_layer}-layer tower of {vp.source}")
         if gname is None:
-            dropped.append(t.name)
             continue
-        if gname not in expect:
-            raise CheckpointError(f"{gname} is outside the {vp.n_layer}-layer tower of {vp.source}", tensor=t.name)
-        if tuple(t.shape) != expect[gname]:
-            raise _fail_shape("vision", gname, t, expect[gname])
         m = re.match(r"v\.blk\.(\d+)\.", gname)
         if m and int(m.group(1)) >= keep:
             dropped.append(t.name)
