@@ -34,7 +34,7 @@ def test_make_models_writes_files_that_gguflite_validates(tiny):
 
 
 def test_the_gguf_package_reads_the_same_tensors(tiny):
-    gguf = pytest.importorskip("gguf", reason="the incumbent gguf package is a test peer")
+    import gguf
     for path in (tiny.llm, tiny.mmproj):
         theirs = {t.name: t for t in gguf.GGUFReader(path).tensors}
         with gguflite.open(path) as f:
@@ -46,7 +46,7 @@ def test_the_gguf_package_reads_the_same_tensors(tiny):
 
 
 def test_llama_cpp_loads_tokenizes_and_runs_the_llm(tiny):
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is the inference peer")
+    import llama_cpp
     llm = llama_cpp.Llama(tiny.llm, n_ctx=128, n_threads=1, verbose=False, vocab_only=False)
     ids = llm.tokenize(b"hello world")
     assert ids[0] == 1 and len(ids) > 2  # BOS, then SentencePiece pieces
@@ -57,7 +57,6 @@ def test_llama_cpp_loads_tokenizes_and_runs_the_llm(tiny):
 
 
 def test_the_benchmark_drives_llama_cpp_and_libmtmd_on_the_tiny_models(tiny):
-    pytest.importorskip("llama_cpp", reason="llama-cpp-python is the inference peer")
     from bench.bench_infer import Peer, prompt_ids
 
     peer = Peer(tiny.llm, tiny.mmproj, "cpu", 1, n_ctx=128)
@@ -69,8 +68,8 @@ def test_the_benchmark_drives_llama_cpp_and_libmtmd_on_the_tiny_models(tiny):
 
 @pytest.mark.slow
 def test_the_llava_source_checkpoint_loads_with_transformers(tmp_path):
-    torch = pytest.importorskip("torch", reason="the source checkpoint is written with torch.save")
-    transformers = pytest.importorskip("transformers", reason="transformers defines the layout")
+    import torch
+    import transformers
     m = make_models.make(tmp_path, "tiny", gguf=False, source=True)
     index = json.load(open(os.path.join(m.llava_dir, "pytorch_model.bin.index.json")))
     shards = sorted(set(index["weight_map"].values()))

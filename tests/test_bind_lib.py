@@ -12,14 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ggml_bind.errors import GGMLLoadError
 
-try:
-    from ggml_bind import lib
+from ggml_bind import lib  # noqa: E402
 
-    LOADED = lib.load()
-except GGMLLoadError as e:  # pragma: no cover - depends on the environment
-    pytest.skip(f"libggml is not available: {e}", allow_module_level=True)
+LOADED = lib.load()  # libggml is a test dependency: a missing one fails, never skips
 
 from ggml_bind import Backend, Graph, Scheduler, backend as backend_mod, ops  # noqa: E402
 

@@ -6,9 +6,8 @@ import os
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-pytest.importorskip("llama_cpp", reason="libggml comes with llama-cpp-python")
+import torch
+import transformers
 
 from gguflite.convert import convert_llava  # noqa: E402
 from tests.checkpoints import make_checkpoint  # noqa: E402

@@ -292,7 +292,7 @@ def test_the_vocabulary_is_sentencepieces_plus_added_tokens_and_padding(converte
 
 
 def _llama(path, **kw):
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    import llama_cpp
     kw = {"n_ctx": 128, "n_threads": 1, "verbose": False, **kw}
     return llama_cpp.Llama(model_path=str(path), **kw)
 
@@ -325,7 +325,6 @@ def test_llama_cpp_tokenizes_text_as_sentencepiece_does(converted, fixtures):
 
 def _mtmd_encode(llm_path, mmproj_path):
     """(n_tokens, embeddings) of one 336x336 image through libmtmd."""
-    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
     from llama_cpp import mtmd_cpp as M
 
     model = _llama(llm_path, n_ctx=1024)
@@ -534,7 +533,7 @@ def deep_llava(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("outtype", ["q4_k_m", "q8_0", "q4_0"])
 def test_a_quantized_llm_is_what_llama_cpps_quantizer_makes_of_the_f32_conversion(deep_llava, tmp_path, outtype):
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python (the llama.cpp reference) is not installed")
+    import llama_cpp
     from gguflite.convert.llava import OUTTYPES
 
     fx, f32 = deep_llava

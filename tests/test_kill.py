@@ -261,7 +261,6 @@ def test_an_in_place_edit_after_a_sigkilled_rewrite_leaves_no_temporary_file(tmp
 
 @pytest.fixture(scope="module")
 def convert_case(tmp_path_factory):
-    pytest.importorskip("transformers", reason="the tiny LLaVA checkpoint is made with transformers")
     from tests.checkpoints import make_checkpoint
 
     root = tmp_path_factory.mktemp("kc")

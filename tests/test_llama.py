@@ -3,9 +3,7 @@ weights (tiny checkpoints at the real configurations, converted by gguflite)."""
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
-pytest.importorskip("llama_cpp", reason="libggml comes with llama-cpp-python")
+import torch
 
 from gguflite.convert import convert_llava  # noqa: E402
 from tests.checkpoints import make_checkpoint  # noqa: E402

@@ -4,10 +4,9 @@ ratios, MobileVLM-style), and bad input gives a clear error, not a crash."""
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-spm = pytest.importorskip("sentencepiece")
-pytest.importorskip("llama_cpp", reason="libggml comes with llama-cpp-python")
+import torch
+import transformers
+import sentencepiece as spm
 
 from gguflite.convert import convert_llava  # noqa: E402
 from tests.checkpoints import N_SP, make_checkpoint  # noqa: E402

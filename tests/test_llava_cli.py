@@ -6,9 +6,6 @@ import sys
 import numpy as np
 import pytest
 
-pytest.importorskip("torch")
-pytest.importorskip("transformers")
-pytest.importorskip("llama_cpp", reason="libggml comes with llama-cpp-python")
 
 from gguflite.convert import convert_llava  # noqa: E402
 from tests.checkpoints import make_checkpoint  # noqa: E402

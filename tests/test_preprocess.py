@@ -14,10 +14,8 @@ from PIL import Image, ImageOps
 
 from ggml_bind import preprocess as pp
 
-clip_pil = pytest.importorskip(
-    "transformers.models.clip.image_processing_pil_clip", reason="transformers is the reference"
-)
-next_pil = pytest.importorskip("transformers.models.llava_next.image_processing_pil_llava_next")
+from transformers.models.clip import image_processing_pil_clip as clip_pil
+from transformers.models.llava_next import image_processing_pil_llava_next as next_pil
 from transformers.image_processing_utils import select_best_resolution as hf_select  # noqa: E402
 from transformers.models.llava_next.modeling_llava_next import unpad_image as hf_unpad  # noqa: E402
 

@@ -71,7 +71,7 @@ def test_mistral_instruct_equals_llava_conversation(q, n, history, system):
 
 
 def test_vicuna_prompt_equals_the_tiny_llava_fixture_reference():
-    ref = pytest.importorskip("fixtures.tiny_llava.reference", reason="fixture reference not importable")
+    from fixtures.tiny_llava import reference as ref
     assert P.get_template("llava_v1").render("Describe the image.", 1) == ref.llava_v1_prompt("Describe the image.")
 
 

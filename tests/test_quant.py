@@ -9,14 +9,10 @@ from hypothesis.extra.numpy import arrays
 
 from gguflite.quant import DEQUANTIZABLE, QUANTIZABLE, dequantize, quantize, swap_block_bytes
 from gguflite.types import TYPE_TRAITS, GGMLType as G
-from ggml_bind.errors import GGMLLoadError
 
-try:
-    from ggml_bind import lib, quant as ggml_quant
+from ggml_bind import lib, quant as ggml_quant  # noqa: E402
 
-    C, ffi = lib.C(), lib.ffi()
-except GGMLLoadError as e:  # pragma: no cover - depends on the environment
-    pytest.skip(f"libggml is not available: {e}", allow_module_level=True)
+C, ffi = lib.C(), lib.ffi()  # libggml is a test dependency: a missing one fails, never skips
 
 K_QUANTS = {G.Q2_K, G.Q3_K, G.Q4_K, G.Q5_K, G.Q6_K}
 # Plain types ggml has no row quantizer/converter for: their reference is numpy's own cast.

@@ -12,7 +12,7 @@ from gguflite import GGUFWriter, cli
 from gguflite.quant.requantize import SCHEMES, plan, requantize, tensor_types, use_more_bits
 from gguflite.types import GGMLType as G
 
-llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python (the llama.cpp reference) is not installed")
+import llama_cpp
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,8 @@ from hypothesis import strategies as st
 
 from ggml_bind.sampling import Sampler, SamplingParams, StopStrings
 
-torch = pytest.importorskip("torch")
-lp = pytest.importorskip("transformers.generation.logits_process")
+import torch
+from transformers.generation import logits_process as lp
 
 
 def hf_probs(logits, history, *, temperature, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0):

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-spm = pytest.importorskip("sentencepiece")
-gguf = pytest.importorskip("gguf", reason="the gguf package produces the reference vocabulary")
+import sentencepiece as spm
+import gguf
 
 from ggml_bind.tokenizer import StreamDecoder, Tokenizer, TokenizerError  # noqa: E402
 
@@ -178,7 +178,7 @@ def test_a_gguf_file_written_by_the_gguf_package_loads(tmp_path, model_dir, orig
 
 
 def test_our_converter_metadata_gives_the_same_tokenizer(model_dir, tok):
-    conv = pytest.importorskip("gguflite.convert.tokenizer", reason="converter not available")
+    from gguflite.convert import tokenizer as conv
     n = tok.n_vocab + 3  # an embedding with padding rows
     meta = {key: value for key, value, _ in conv.tokenizer_metadata(model_dir, n)}
     ours = Tokenizer.from_metadata(meta)

@@ -3,15 +3,11 @@ for every type id, so the table cannot drift (gguf-py's says Q8_1 is 40 bytes; g
 import pytest
 
 from gguflite.types import GGML_TYPE_COUNT, TYPE_TRAITS, GGMLType
-from ggml_bind.errors import GGMLLoadError
 
-try:
-    from ggml_bind import lib
+from ggml_bind import lib  # noqa: E402
 
-    C = lib.C()
-    ffi = lib.ffi()
-except GGMLLoadError as e:  # pragma: no cover - depends on the environment
-    pytest.skip(f"libggml is not available: {e}", allow_module_level=True)
+C = lib.C()  # libggml is a test dependency: a missing one fails, never skips
+ffi = lib.ffi()
 
 
 def test_the_type_count_matches_ggml():
