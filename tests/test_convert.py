@@ -892,7 +892,11 @@ LLAVA_NEXT_MISTRAL_7B = {  # llava-hf/llava-v1.6-mistral-7b-hf
     "vision_feature_layer": -2, "vision_feature_select_strategy": "default", "vocab_size": 32064}
 
 
-@pytest.mark.parametrize("config, cls", [(LLAVA_HF_15_7B, "LlavaConfig"), (LLAVA_NEXT_MISTRAL_7B, "LlavaNextConfig")])
+LLAVA_NEXT_NO_PINPOINTS = {k: v for k, v in LLAVA_NEXT_MISTRAL_7B.items() if k != "image_grid_pinpoints"}
+
+
+@pytest.mark.parametrize("config, cls", [(LLAVA_HF_15_7B, "LlavaConfig"), (LLAVA_NEXT_MISTRAL_7B, "LlavaNextConfig"),
+                                         (LLAVA_NEXT_NO_PINPOINTS, "LlavaNextConfig")])
 def test_hyperparameters_resolve_as_transformers_resolves_the_real_configs(config, cls):
     import transformers
 
@@ -922,6 +926,17 @@ def test_hyperparameters_resolve_as_transformers_resolves_the_real_configs(confi
     pins = getattr(ref, "image_grid_pinpoints", None)  # transformers: (height, width) pairs
     assert layout.grid_pinpoints == (None if pins is None else [[w, h] for h, w in pins])
     assert layout.image_aspect_ratio == ("anyres" if pins else "square")
+
+
+def test_an_original_anyres_config_without_pinpoints_is_refused_by_key():
+    from gguflite.convert.layouts import detect
+
+    config = {"architectures": ["LlavaLlamaForCausalLM"], "model_type": "llava", "hidden_size": 64,
+              "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 100,
+              "mm_projector_type": "mlp2x_gelu", "image_aspect_ratio": "anyres", "mm_patch_merge_type": "spatial_unpad"}
+    with pytest.raises(CheckpointError, match="image_grid_pinpoints") as e:
+        detect("/models/llava-v1.6", config)
+    assert e.value.key == "image_grid_pinpoints"
 
 
 @pytest.mark.parametrize("outtype", ["f32", "bf16", "q8_0"])

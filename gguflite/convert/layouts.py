@@ -161,6 +161,10 @@ class Layout:
         return layer
 
 
+# transformers' LlavaNextConfig fills in these (height, width) pairs when a config has none.
+HF_DEFAULT_PINPOINTS = ((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008))
+
+
 def vision_local(name: str) -> str:
     """A CLIP tower tensor name with the ``vision_model.`` level that transformers < 5 saved
     (transformers >= 5 saves CLIPVisionModel weights without it)."""
@@ -225,7 +229,11 @@ def detect(folder: str, config: dict, projector: str = "auto") -> Layout:
             raise CheckpointError(f"unsupported vision tower {vision_cfg.get('model_type')!r}",
                                   path=where, key="vision_config.model_type")
         hint = None
-        pinpoints = config.get("image_grid_pinpoints") if kind == "llava-next-hf" else None
+        pinpoints = None
+        if kind == "llava-next-hf":
+            pinpoints = config.get("image_grid_pinpoints")
+            if pinpoints is None:  # LlavaNextConfig's documented default, (height, width) pairs
+                pinpoints = [list(p) for p in HF_DEFAULT_PINPOINTS]
         merge = "spatial_unpad" if kind == "llava-next-hf" else None
         aspect = "anyres" if kind == "llava-next-hf" else "square"
         pad = config.get("pad_token_id", tc.get("pad_token_id"))
@@ -245,6 +253,9 @@ def detect(folder: str, config: dict, projector: str = "auto") -> Layout:
     if pinpoints is not None and not (isinstance(pinpoints, list) and all(
             isinstance(p, list) and len(p) == 2 and all(isinstance(x, int) and x > 0 for x in p) for p in pinpoints)):
         raise CheckpointError(f"malformed image_grid_pinpoints {pinpoints!r}", path=where, key="image_grid_pinpoints")
+    if aspect == "anyres" and not pinpoints:
+        raise CheckpointError("image_aspect_ratio is 'anyres' but the config has no image_grid_pinpoints "
+                              "(LLaVA needs them to pick a tile grid)", path=where, key="image_grid_pinpoints")
     if pinpoints is not None and kind == "llava-next-hf":
         pinpoints = [[w, h] for h, w in pinpoints]  # transformers' (height, width) -> LLaVA's (width, height)
     if not isinstance(aspect, str):
