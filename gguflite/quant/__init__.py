@@ -12,10 +12,12 @@ rules that make this exact are in ``_common.py``; one module per family implemen
     legacy.py   Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q8_1
     kquants.py  Q2_K Q3_K Q4_K Q5_K Q6_K Q8_K
     small.py    TQ1_0 TQ2_0 MXFP4 NVFP4 Q1_0 Q2_0 IQ4_NL IQ4_XS (the IQ4s: dequantize only)
+    iq.py       IQ2_XXS IQ2_XS IQ2_S IQ3_XXS IQ3_S IQ1_S IQ1_M (dequantize only)
 
-Q8_K is dequantize-only (``ggml_quantize_chunk`` has no Q8_K case either).  Not covered: the
-grid-based IQ types (IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M), whose codebooks
-are large tables in ggml-common.h.  The reference is ggml 0.25.3 as built for x86-64; one NaN
+Q8_K is dequantize-only (``ggml_quantize_chunk`` has no Q8_K case either).  The grid IQ types
+decode with codebooks (large tables in ggml-common.h) that ``grids.py`` reads back from the
+installed libggml on first use and caches; without libggml they raise
+``grids.GridTablesError``.  The reference is ggml 0.25.3 as built for x86-64; one NaN
 corner of the K-quants follows that build's instruction order (see ``kquants._requant``).
 
 Work is done ``chunk_elements`` at a time (default 256 Ki floats), so the temporaries stay a
@@ -27,13 +29,13 @@ from __future__ import annotations
 import numpy as np
 
 from ..types import TYPE_TRAITS, GGMLType, parse_type
-from . import floats, kquants, legacy, small
+from . import floats, iq, kquants, legacy, small
 from ._common import Codec
 
 __all__ = ["quantize", "dequantize", "swap_block_bytes", "QUANTIZABLE", "DEQUANTIZABLE", "CODECS"]
 
 # type id → Codec(quantize, dequantize, swap fields); one entry per type the modules know.
-CODECS: dict[int, Codec] = {**floats.CODECS, **legacy.CODECS, **kquants.CODECS, **small.CODECS}
+CODECS: dict[int, Codec] = {**floats.CODECS, **legacy.CODECS, **kquants.CODECS, **small.CODECS, **iq.CODECS}
 
 QUANTIZABLE: frozenset[GGMLType] = frozenset(GGMLType(t) for t, c in CODECS.items() if c.quantize)
 DEQUANTIZABLE: frozenset[GGMLType] = frozenset(GGMLType(t) for t in CODECS)
