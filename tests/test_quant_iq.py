@@ -194,6 +194,14 @@ def test_grids_from_a_changed_libggml_are_refused_before_any_value_is_decoded(fr
     assert not fresh_grids.exists() or not any(fresh_grids.iterdir())  # nothing bad cached
 
 
+def test_a_libggml_with_other_block_sizes_is_refused_before_probing(fresh_grids, monkeypatch):
+    # probe blocks of the wrong size would make ggml read past them: the sizes are checked first
+    changed = dataclasses.replace(TYPE_TRAITS[G.IQ2_S], type_size=84)
+    monkeypatch.setitem(grids.TYPE_TRAITS, G.IQ2_S, changed)
+    with pytest.raises(grids.GridTablesError, match="IQ2_S blocks are 82 bytes per 256 values, expected 84 per 256"):
+        grids.load()
+
+
 def test_a_missing_libggml_gives_an_error_that_says_what_to_install(fresh_grids, monkeypatch, tmp_path):
     empty = tmp_path / "no-ggml-here"
     empty.mkdir()

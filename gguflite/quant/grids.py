@@ -6,16 +6,18 @@ IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S and IQ1_M store indices into fixed
 ship copies of those tables: the first grid-type dequantize asks ggml itself.  ggml exports
 its row dequantizers (``void dequantize_row_iq2_xxs(const void * x, float * y, int64_t k)``
 and so on, in libggml-base); we feed them probe blocks whose scale makes every output value
-the grid byte itself (no sign flips, grid index i in slot i) and read the tables back:
+the grid value itself (+0.125 for IQ1_S), with no sign flips and grid index i in slot i, and
+read the tables back:
 
     grids = load()          # Grids: uint8 (256, 8) iq2xxs ... int8 (2048, 8) iq1s
     load.cache_clear()      # forget the in-memory copy (tests)
 
 The library is found as ggml_bind finds it: ``$GGML_LIBRARY_DIR``, else ``llama_cpp/lib`` of
-the installed llama-cpp-python (located without importing it).  The extracted tables are
-checked (shape, the documented value alphabet of each grid, no repeated entry) so that a
-changed libggml gives a clear error rather than wrong numbers, then cached, one file per ggml
-version, at ``$XDG_CACHE_HOME/gguflite/iq-grids-<version>.npz`` (default ``~/.cache``).  The
+the installed llama-cpp-python (located without importing it).  Before probing, the
+library's block sizes must be ours (``ggml_type_size``); after, the tables are checked
+(shape, the documented value alphabet of each grid, no repeated entry), so that a changed
+libggml gives a clear error rather than wrong numbers.  They are cached, one file per ggml
+version, at ``$XDG_CACHE_HOME/gguflite/iq-grids-<version>.npz`` (default ``~/.cache``); the
 version comes from the library, so the library is needed even when the cache exists.
 Nothing happens at import.
 """
@@ -32,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from ..types import TYPE_TRAITS, GGMLType
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +61,14 @@ GRID_SPECS = (
     ("iq3s", 512, 4, np.uint8, (0x01, 0x03, 0x05, 0x07, 0x09, 0x0B, 0x0D, 0x0F)),
     ("iq1s", 2048, 8, np.int8, (-1, 0, 1)),
 )
+# The type whose dequantize_row_* reads each grid back (IQ1_M shares iq1s_grid).
+_PROBE_TYPES = {"iq2xxs": GGMLType.IQ2_XXS, "iq2xs": GGMLType.IQ2_XS, "iq2s": GGMLType.IQ2_S,
+                "iq3xxs": GGMLType.IQ3_XXS, "iq3s": GGMLType.IQ3_S, "iq1s": GGMLType.IQ1_S}
 
 _CDEF = """
 const char * ggml_version(void);
+int64_t ggml_blck_size(int type);
+size_t ggml_type_size(int type);
 void dequantize_row_iq2_xxs(const void * x, float * y, int64_t k);
 void dequantize_row_iq2_xs(const void * x, float * y, int64_t k);
 void dequantize_row_iq2_s(const void * x, float * y, int64_t k);
@@ -136,7 +145,7 @@ def _probe(fn, ffi, blocks: np.ndarray) -> np.ndarray:
 
 
 def _probe_blocks() -> dict[str, np.ndarray]:
-    """One row of probe blocks per grid: every grid index once, in order, with the signs all
+    """The probe blocks of each grid: every grid index once, in order, with the signs all
     positive and the scale chosen so that ggml's output is the grid value (+0.125 for IQ1_S).
 
     Each layout is the ``block_iq*`` struct of ggml-common.h; the scale formulas are those of
@@ -145,9 +154,11 @@ def _probe_blocks() -> dict[str, np.ndarray]:
     # IQ2_XXS (66 B): f16 d, then per 32 values a u32 of 4 grid indices (one byte each) and a
     # u32 of 4x7 sign bits + a 4-bit scale s; db = d * (0.5 + s) * 0.25, so d = 8, s = 0 → 1.
     idx = np.arange(256).reshape(8, 8, 4)  # (block, group of 32, grid index)
+    words = np.zeros((8, 8, 8), np.uint8)  # (block, group, 8 bytes: indices, then zeros)
+    words[:, :, :4] = idx
     b = np.zeros((8, 66), np.uint8)
     b[:, 0:2] = np.frombuffer(_f16(8.0), np.uint8)
-    b[:, 2:].reshape(8, 8, 8)[:, :, :4] = idx
+    b[:, 2:] = words.reshape(8, 64)
     p["iq2xxs"] = b
     # IQ2_XS (74 B): f16 d, u16 qs[32] = 9-bit grid index | 7-bit sign index << 9, 8 scale
     # bytes (two 4-bit s); db = d * (0.5 + s) * 0.25 → d = 8, s = 0.
@@ -206,11 +217,15 @@ def extract(path: Path) -> Grids:
     try:
         try:
             version = ffi.string(lib.ggml_version()).decode()
-            fns = {name: getattr(lib, f"dequantize_row_{fn}") for name, fn in (
-                ("iq2xxs", "iq2_xxs"), ("iq2xs", "iq2_xs"), ("iq2s", "iq2_s"),
-                ("iq3xxs", "iq3_xxs"), ("iq3s", "iq3_s"), ("iq1s", "iq1_s"))}
+            fns = {name: getattr(lib, f"dequantize_row_{t.name.lower()}") for name, t in _PROBE_TYPES.items()}
         except AttributeError as e:
             raise GridTablesError(f"{path} lacks a function we need ({e}); {_HINT}") from e
+        for t in _PROBE_TYPES.values():  # the probe blocks must be the library's blocks
+            have = (int(lib.ggml_blck_size(int(t))), int(lib.ggml_type_size(int(t))))
+            want = (TYPE_TRAITS[t].block_size, TYPE_TRAITS[t].type_size)
+            if have != want:
+                raise GridTablesError(f"{path}: {t.name} blocks are {have[1]} bytes per {have[0]} values, "
+                                      f"expected {want[1]} per {want[0]}; {_HINT}")
         tables = {}
         probes = _probe_blocks()
         for name, count, width, dtype, _ in GRID_SPECS:

@@ -9,8 +9,8 @@ libggml on first use) times a scale, with per-value signs.  Layouts (bytes, ggml
     IQ3_XXS [f16 d][64 B grid (4 values each)][8 x u32: 4x7 sign bits | 4-bit s << 28]   98
     IQ3_S   [f16 d][64 B grid lo][8 B qh: 8 x 1 grid hi bit][32 B signs][4 B scales]    110
     IQ1_S   [f16 d][32 B grid lo][u16 qh[8]: 4 x 3 grid hi bits | s << 12 | delta sign]  50
-    IQ1_M   [32 B grid lo][16 B qh: 2 x (3 hi bits | delta sign)][u16 sc[4]: 4 x 3-bit s,
-             the f16 d in their top nibbles]                                             56
+    IQ1_M   [32 B grid lo][16 B qh: nibbles of 3 grid hi bits | delta sign][u16 sc[4]:
+             4 x 3-bit s each, and the f16 d in their top nibbles]                       56
 
 All blocks hold 256 values.  Scales as in ggml-quants.c, float32 in C order: IQ2 ``db = d *
 (0.5f + s) * 0.25f``, IQ3_XXS ``d * (0.5f + s) * 0.5f``, IQ3_S ``d * (1 + 2*s)``, IQ1 ``d *
@@ -58,7 +58,7 @@ class _Tables(NamedTuple):
     iq2s: np.ndarray  # (1024, 8)
     iq3xxs: np.ndarray  # (256, 4)
     iq3s: np.ndarray  # (512, 4)
-    iq1s: np.ndarray  # (2048, 8)
+    iq1s: np.ndarray  # (4096, 8): grid + IQ1S_DELTA, then grid - IQ1S_DELTA (C's float sum)
     ksigns: np.ndarray  # (128, 8): sign index → 8 signs
     bytesigns: np.ndarray  # (256, 8): sign byte → 8 signs
 
@@ -66,6 +66,7 @@ class _Tables(NamedTuple):
 @functools.lru_cache(maxsize=2)
 def _tables_of(g: _grids.Grids) -> _Tables:
     f = {name: getattr(g, name).astype(F32) for name, *_ in _grids.GRID_SPECS}
+    f["iq1s"] = np.concatenate([f["iq1s"] + _IQ1S_DELTA, f["iq1s"] - _IQ1S_DELTA])
     return _Tables(**f, ksigns=_bits_to_signs(_ksigns()), bytesigns=_bits_to_signs(np.arange(256, dtype=np.uint8)))
 
 
@@ -163,10 +164,10 @@ def dequantize_iq1_s(q: np.ndarray) -> np.ndarray:
     d = le_f16(q, 0)
     qh = _u16(q[:, 34:50])  # (n, 8)
     hi = (qh[:, :, None] >> np.array([0, 3, 6, 9])) & 7
-    idx = q[:, 2:34].reshape(n, 8, 4).astype(np.int32) | (hi << 8)
+    neg = (qh >> 15)[:, :, None] << 11  # delta sign: the second half of t.iq1s
+    idx = q[:, 2:34].reshape(n, 8, 4).astype(np.int32) | (hi << 8) | neg
     dl = d[:, None] * (2 * ((qh >> 12) & 7) + 1).astype(F32)  # (n, 8)
-    delta = np.where(qh & 0x8000, -_IQ1S_DELTA, _IQ1S_DELTA)  # (n, 8)
-    return (dl[:, :, None, None] * (t.iq1s[idx] + delta[:, :, None, None])).reshape(n, 256)
+    return (dl[:, :, None, None] * t.iq1s[idx]).reshape(n, 256)
 
 
 def dequantize_iq1_m(q: np.ndarray) -> np.ndarray:
@@ -178,10 +179,9 @@ def dequantize_iq1_m(q: np.ndarray) -> np.ndarray:
     dl = d[:, None, None] * (2 * s + 1).astype(F32)
     qh = q[:, 32:48].reshape(n, 8, 2).astype(np.int32)  # two bytes per group, each for 2 entries
     hi = np.stack([qh & 7, (qh >> 4) & 7], axis=-1).reshape(n, 8, 4)
-    neg = np.stack([qh & 0x08, qh & 0x80], axis=-1).reshape(n, 8, 4)
-    delta = np.where(neg != 0, -_IQ1S_DELTA, _IQ1S_DELTA)
-    idx = q[:, :32].reshape(n, 8, 4).astype(np.int32) | (hi << 8)
-    return (dl[:, :, [0, 0, 1, 1], None] * (t.iq1s[idx] + delta[..., None])).reshape(n, 256)
+    neg = np.stack([(qh >> 3) & 1, qh >> 7], axis=-1).reshape(n, 8, 4)  # delta signs
+    idx = q[:, :32].reshape(n, 8, 4).astype(np.int32) | (hi << 8) | (neg << 11)
+    return (dl[:, :, [0, 0, 1, 1], None] * t.iq1s[idx]).reshape(n, 256)
 
 
 # (byte offset, item size, count) of the fields swapped for big-endian files.
