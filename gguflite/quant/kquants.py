@@ -18,6 +18,8 @@ Block layouts (bytes):
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ..types import GGMLType
@@ -29,7 +31,6 @@ from ._common import (
     nan_ignoring,
     f16_bits_to_f32,
     f32_to_f16_bits,
-    le_f16,
     nearest_int,
     put_u16,
     seqsum,
@@ -208,12 +209,6 @@ def _pack_2bit(L: np.ndarray) -> np.ndarray:
     return (q[:, :, 0] | (q[:, :, 1] << 2) | (q[:, :, 2] << 4) | (q[:, :, 3] << 6)).reshape(-1, 64)
 
 
-def _unpack_2bit(qs: np.ndarray) -> np.ndarray:
-    """(nb, 64) → (nb, 256) int: inverse of ``_pack_2bit``."""
-    q = qs.reshape(-1, 2, 1, 32)
-    shifts = np.array([0, 2, 4, 6], np.uint8).reshape(1, 1, 4, 1)
-    return ((q >> shifts) & 3).reshape(-1, 256).astype(np.int32)
-
 
 def _requant(x: np.ndarray, d: np.ndarray, dm: np.ndarray | None, lo: int, hi: int,
              L: np.ndarray) -> np.ndarray:
@@ -241,16 +236,6 @@ def _k4_scales(ls: np.ndarray, lm: np.ndarray) -> np.ndarray:
     out[:, 8:12] = (ls[:, 4:] & 0xF) | ((lm[:, 4:] & 0xF) << 4)
     return out
 
-
-def _k4_unscales(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``get_scale_min_k4`` for j = 0..7: (nb, 12) bytes → scales, mins (nb, 8) uint8."""
-    sc = np.empty((s.shape[0], 8), np.uint8)
-    mn = np.empty((s.shape[0], 8), np.uint8)
-    sc[:, :4] = s[:, 0:4] & 63
-    mn[:, :4] = s[:, 4:8] & 63
-    sc[:, 4:] = (s[:, 8:12] & 0xF) | ((s[:, 0:4] >> 6) << 4)
-    mn[:, 4:] = (s[:, 8:12] >> 4) | ((s[:, 4:8] >> 6) << 4)
-    return sc, mn
 
 
 # --------------------------------------------------------------------------- Q4_K / Q5_K
@@ -292,20 +277,6 @@ def quantize_q4_k(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def dequantize_q4_k_into(q: np.ndarray, out: np.ndarray) -> None:
-    """``d1 * (q & 0xF) - m1`` written straight into ``out`` (nb, 256)."""
-    d, dmin = le_f16(q, 0), le_f16(q, 2)
-    sc, mn = _k4_unscales(q[:, 4:16])
-    dl = d[:, None] * sc.astype(F32)  # (nb, 8)
-    ml = dmin[:, None] * mn.astype(F32)
-    o = out.reshape(-1, 4, 2, 32)
-    qs = q[:, 16:].reshape(-1, 4, 32)
-    o[:, :, 0] = qs & 0xF
-    o[:, :, 1] = qs >> 4
-    o8 = out.reshape(-1, 8, 32)
-    o8 *= dl[..., None]
-    o8 -= ml[..., None]
-
 
 def quantize_q5_k(x: np.ndarray) -> np.ndarray:
     d, dmin, scales, L = _q45k(x, 31, -0.5, 15)
@@ -321,22 +292,6 @@ def quantize_q5_k(x: np.ndarray) -> np.ndarray:
     out[:, 48:] = (lo[:, :, 0] | (lo[:, :, 1] << 4)).reshape(-1, 128)
     return out
 
-
-def dequantize_q5_k_into(q: np.ndarray, out: np.ndarray) -> None:
-    """``d1 * ((ql & 0xF) + (qh & u1 ? 16 : 0)) - m1`` written into ``out`` (nb, 256)."""
-    d, dmin = le_f16(q, 0), le_f16(q, 2)
-    sc, mn = _k4_unscales(q[:, 4:16])
-    dl = d[:, None] * sc.astype(F32)
-    ml = dmin[:, None] * mn.astype(F32)
-    o = out.reshape(-1, 4, 2, 32)
-    qh = q[:, 16:48]
-    qs = q[:, 48:].reshape(-1, 4, 32)
-    for j in range(4):
-        o[:, j, 0] = (qs[:, j] & 0xF) | (((qh >> (2 * j)) & 1) << 4)
-        o[:, j, 1] = (qs[:, j] >> 4) | (((qh >> (2 * j + 1)) & 1) << 4)
-    o8 = out.reshape(-1, 8, 32)
-    o8 *= dl[..., None]
-    o8 -= ml[..., None]
 
 
 # --------------------------------------------------------------------------- Q6_K
@@ -367,21 +322,6 @@ def quantize_q6_k(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def dequantize_q6_k_into(q: np.ndarray, out: np.ndarray) -> None:
-    """``d * sc[e/16] * (q6 - 32)`` written into ``out`` (nb, 256)."""
-    d = le_f16(q, 208)
-    o = out.reshape(-1, 2, 4, 32)  # element 128*h + 32*k + l
-    ql = q[:, :128].reshape(-1, 2, 2, 32)
-    qh = q[:, 128:192].reshape(-1, 2, 32)
-    o[:, :, 0] = (ql[:, :, 0] & 0xF) | ((qh & 3) << 4)
-    o[:, :, 1] = (ql[:, :, 1] & 0xF) | (((qh >> 2) & 3) << 4)
-    o[:, :, 2] = (ql[:, :, 0] >> 4) | (((qh >> 4) & 3) << 4)
-    o[:, :, 3] = (ql[:, :, 1] >> 4) | ((qh >> 6) << 4)
-    out -= F32(32)
-    dsc = d[:, None] * q[:, 192:208].view(np.int8).astype(F32)  # d * sc, (nb, 16)
-    o16 = out.reshape(-1, 16, 16)
-    o16 *= dsc[..., None]
-
 
 # --------------------------------------------------------------------------- Q2_K / Q3_K
 
@@ -411,14 +351,6 @@ def quantize_q2_k(x: np.ndarray) -> np.ndarray:
     put_u16(out, 82, dmin)
     return out
 
-
-def dequantize_q2_k(q: np.ndarray) -> np.ndarray:
-    d, dmin = le_f16(q, 80), le_f16(q, 82)
-    sc = q[:, :16]
-    dl = d[:, None] * (sc & 0xF).astype(F32)
-    ml = dmin[:, None] * (sc >> 4).astype(F32)
-    v = _unpack_2bit(q[:, 16:80]).reshape(-1, 16, 16).astype(F32)
-    return (dl[..., None] * v - ml[..., None]).reshape(-1, 256)
 
 
 def _q3_scales_unpack(s: np.ndarray) -> np.ndarray:
@@ -463,30 +395,189 @@ def quantize_q3_k(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def dequantize_q3_k(q: np.ndarray) -> np.ndarray:
-    d = le_f16(q, 108)
-    sc = (_q3_scales_unpack(q[:, 96:108]) - 32).astype(np.int8).astype(F32)
-    dl = d[:, None] * sc  # (nb, 16)
-    low = _unpack_2bit(q[:, 32:96])  # (nb, 256)
-    hm = q[:, :32].reshape(-1, 1, 32)
-    hbit = ((hm >> np.arange(8, dtype=np.uint8).reshape(1, 8, 1)) & 1).reshape(-1, 256)
-    v = (low - np.where(hbit != 0, 0, 4)).astype(F32).reshape(-1, 16, 16)
-    return (dl[..., None] * v).reshape(-1, 256)
 
 
-# --------------------------------------------------------------------------- Q8_K
+# --------------------------------------------------------------------------- dequantizers
+#
+# Every dequantizer first builds the integer code of each output element as bytes laid out
+# like the output (n_blocks, 256), working on 8-byte words: ``np.repeat`` along an axis
+# copies whole 32-byte rows, so the packed words feeding each run of 32 outputs are put in
+# place, then shifted and masked against a per-block pattern of shift counts.  The float
+# part is then whole-array passes in C's order: code → float32, times the sub-block scale
+# repeated to every element, minus the repeated min.  Rows of 16 or 32 elements are what
+# numpy is slowest at (a fixed cost per row), so nothing here broadcasts over them.
+
+_M1 = np.uint64(0x0101010101010101)
+_M2 = np.uint64(0x0303030303030303)
+_M4 = np.uint64(0x0F0F0F0F0F0F0F0F)
 
 
-def dequantize_q8_k(q: np.ndarray) -> np.ndarray:
-    d = np.ascontiguousarray(q[:, :4]).view("<f4")  # (nb, 1)
-    return d.astype(F32) * q[:, 4:260].view(np.int8).astype(F32)
+def _words(q: np.ndarray, start: int, stop: int, dtype: str = "<u8") -> np.ndarray:
+    """Bytes ``[start, stop)`` of every block row of ``q`` as little-endian words (nb, k):
+    a view when the rows allow one, else a contiguous copy."""
+    dt = np.dtype(dtype)
+    if q.flags.c_contiguous and q.shape[1] % dt.itemsize == 0 and start % dt.itemsize == 0:
+        return q.view(dt)[:, start // dt.itemsize : stop // dt.itemsize]
+    return np.ascontiguousarray(q[:, start:stop]).view(dt)
+
+
+def _f16(q: np.ndarray, offset: int) -> np.ndarray:
+    """The fp16 field at byte ``offset`` of each block as float32 (nb,)."""
+    return _words(q, offset, offset + 2, "<u2")[:, 0].view(np.float16).astype(F32)
+
+
+@functools.lru_cache(maxsize=16)
+def _shifts(per_run: tuple[int, ...], n_blocks: int) -> np.ndarray:
+    """Shift counts (n_blocks, 4 * len(per_run)) uint64: ``per_run[r]`` for the 4 words of
+    every 32-byte run ``r`` of a block.  Cached (read-only): chunks repeat the same sizes, and
+    a full-size operand is twice as fast as a broadcast (1, 32) row."""
+    row = np.repeat(np.array(per_run, np.uint64), 4)
+    a = np.tile(row, (n_blocks, 1))
+    a.flags.writeable = False
+    return a
+
+
+def _runs(w: np.ndarray, times: int) -> np.ndarray:
+    """Words (nb, g, 4) of g 32-byte runs → (nb, g * times, 4): each run repeated ``times``
+    times in place (run r of the result is run ``r // times`` of ``w``)."""
+    return np.repeat(w[:, :, None, :], times, axis=2).reshape(w.shape[0], -1)
+
+
+def _scaled_into(out: np.ndarray, codes: np.ndarray, dl: np.ndarray, ml: np.ndarray | None,
+                 sub: int) -> None:
+    """``out[e] = dl[e // sub] * codes[e] - ml[e // sub]`` (no ``- ml`` when None), float32.
+
+    ``out`` (nb, 256); ``codes`` (nb, 256) uint8/int8 in output order; ``dl``, ``ml``
+    (nb * 256 // sub,) float32, one per sub-block."""
+    if not out.flags.c_contiguous:
+        tmp = np.empty(out.shape, F32)
+        _scaled_into(tmp, codes, dl, ml, sub)
+        out[...] = tmp
+        return
+    f = out.reshape(-1)
+    with np.errstate(invalid="ignore", over="ignore"):
+        np.copyto(f, codes.reshape(-1), casting="safe")
+        np.multiply(f, np.repeat(dl, sub), out=f)
+        if ml is not None:
+            np.subtract(f, np.repeat(ml, sub), out=f)
+
+
+def _times(d: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """``d * s`` for a per-block ``d`` (nb,) and per-sub-block integers ``s`` (nb, k):
+    (nb * k,) float32."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.multiply(np.repeat(d, s.shape[1]), s.reshape(-1), dtype=F32)
+
+
+def _k4_scales_mins(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``get_scale_min_k4`` for j = 0..7 from the 12 bytes at offset 4: scales, mins (nb, 8)
+    uint8, computed four at a time on 32-bit words."""
+    w = _words(q, 4, 16, "<u4")
+    w0, w1, w2 = w[:, 0], w[:, 1], w[:, 2]
+    m6, m4, m2 = np.uint32(0x3F3F3F3F), np.uint32(0x0F0F0F0F), np.uint32(0x30303030)
+    sc = np.empty((q.shape[0], 2), np.uint32)
+    mn = np.empty((q.shape[0], 2), np.uint32)
+    np.bitwise_and(w0, m6, out=sc[:, 0])
+    np.bitwise_and(w1, m6, out=mn[:, 0])
+    np.bitwise_or(w2 & m4, (w0 >> 2) & m2, out=sc[:, 1])  # low 4 bits | top 2 bits of byte j-4
+    np.bitwise_or((w2 >> 4) & m4, (w1 >> 2) & m2, out=mn[:, 1])
+    return sc.view(np.uint8), mn.view(np.uint8)
+
+
+def _q4_nibbles(q: np.ndarray, offset: int) -> np.ndarray:
+    """The 128 nibble bytes at ``offset`` → (nb, 32) words: run 2j low nibbles of bytes
+    32j.., run 2j+1 their high nibbles (the Q4_K/Q5_K output order)."""
+    w = _runs(_words(q, offset, offset + 128).reshape(-1, 4, 4), 2)
+    return (w >> _shifts((0, 4) * 4, q.shape[0])) & _M4
+
+
+def dequantize_q4_k_into(q: np.ndarray, out: np.ndarray) -> None:
+    """``d1 * (q & 0xF) - m1`` (d1 = d * sc, m1 = dmin * m per 32) written into ``out``."""
+    sc, mn = _k4_scales_mins(q)
+    codes = _q4_nibbles(q, 16)
+    _scaled_into(out, codes.view(np.uint8), _times(_f16(q, 0), sc), _times(_f16(q, 2), mn), 32)
+
+
+def dequantize_q5_k_into(q: np.ndarray, out: np.ndarray) -> None:
+    """``d1 * ((ql & 0xF) + (qh & u1 ? 16 : 0)) - m1`` written into ``out`` (nb, 256)."""
+    sc, mn = _k4_scales_mins(q)
+    codes = _q4_nibbles(q, 48)
+    qh = _runs(_words(q, 16, 48).reshape(-1, 1, 4), 8)  # (nb, 32) words: qh in all 8 runs
+    codes |= ((qh >> _shifts(tuple(range(8)), q.shape[0])) & _M1) << np.uint64(4)
+    _scaled_into(out, codes.view(np.uint8), _times(_f16(q, 0), sc), _times(_f16(q, 2), mn), 32)
+
+
+def dequantize_q6_k_into(q: np.ndarray, out: np.ndarray) -> None:
+    """``d * sc[e/16] * (q6 - 32)`` written into ``out`` (nb, 256).
+
+    Output run (n, k) of 32 (half n, quarter k) takes nibble ``k // 2`` of ql bytes
+    64n + 32(k % 2).. and bits 2k of qh bytes 32n.."""
+    nb = q.shape[0]
+    ql = np.repeat(_words(q, 0, 128).reshape(nb, 2, 1, 8), 2, axis=2).reshape(nb, 32)
+    qh = _runs(_words(q, 128, 192).reshape(nb, 2, 4), 4)
+    codes = (ql >> _shifts((0, 0, 4, 4) * 2, nb)) & _M4
+    codes |= ((qh >> _shifts((0, 2, 4, 6) * 2, nb)) & _M2) << np.uint64(4)
+    v = codes.view(np.uint8)
+    v -= np.uint8(32)  # wraps: as int8 it is q6 - 32
+    scales = np.ascontiguousarray(q[:, 192:208]).view(np.int8)
+    _scaled_into(out, v.view(np.int8), _times(_f16(q, 208), scales), None, 16)
+
+
+def _q2_low(q: np.ndarray, offset: int) -> np.ndarray:
+    """The 64 two-bit bytes at ``offset`` → (nb, 32) words of codes 0..3 in output order:
+    run (n, j) is bits 2j of bytes 32n.."""
+    w = _runs(_words(q, offset, offset + 64).reshape(-1, 2, 4), 4)
+    return (w >> _shifts((0, 2, 4, 6) * 2, q.shape[0])) & _M2
+
+
+def dequantize_q2_k_into(q: np.ndarray, out: np.ndarray) -> None:
+    """``dl * q2 - ml`` with ``dl = d * (sc & 0xF)``, ``ml = dmin * (sc >> 4)`` per 16."""
+    sc = np.ascontiguousarray(q[:, :16])
+    codes = _q2_low(q, 16)
+    _scaled_into(out, codes.view(np.uint8), _times(_f16(q, 80), sc & 0xF), _times(_f16(q, 82), sc >> 4), 16)
+
+
+def _q3_scales6(q: np.ndarray) -> np.ndarray:
+    """The 16 six-bit scales from the 12 bytes at offset 96 (nb, 16) uint8, unpacked as
+    ``dequantize_row_q3_K`` does with kmask1/kmask2 on 32-bit words."""
+    a = _words(q, 96, 108, "<u4")
+    a0, a1, t = a[:, 0], a[:, 1], a[:, 2]
+    k1, k2 = np.uint32(0x03030303), np.uint32(0x0F0F0F0F)
+    s = np.empty((q.shape[0], 4), np.uint32)
+    np.bitwise_or(a0 & k2, (t & k1) << 4, out=s[:, 0])
+    np.bitwise_or(a1 & k2, ((t >> 2) & k1) << 4, out=s[:, 1])
+    np.bitwise_or((a0 >> 4) & k2, ((t >> 4) & k1) << 4, out=s[:, 2])
+    np.bitwise_or((a1 >> 4) & k2, ((t >> 6) & k1) << 4, out=s[:, 3])
+    return s.view(np.uint8)
+
+
+def dequantize_q3_k_into(q: np.ndarray, out: np.ndarray) -> None:
+    """``dl * ((q >> shift & 3) - (hm & m ? 0 : 4))``, ``dl = d * (scale - 32)`` per 16.
+
+    The code is built as an int8: low bits | 0xFC where the hmask bit is clear, which is
+    ``low - 4`` in two's complement."""
+    nb = q.shape[0]
+    codes = _q2_low(q, 32)
+    hm = _runs(_words(q, 0, 32).reshape(nb, 1, 4), 8)  # run (n, j) tests bit 4n + j
+    clear = ((~hm >> _shifts(tuple(range(8)), nb)) & _M1) * np.uint64(0xFC)
+    codes |= clear
+    sc = _q3_scales6(q).astype(np.int8) - np.int8(32)
+    _scaled_into(out, codes.view(np.int8), _times(_f16(q, 108), sc), None, 16)
+
+
+def dequantize_q8_k_into(q: np.ndarray, out: np.ndarray) -> None:
+    """``d * qs`` (f32 d, 256 int8 quants) written into ``out`` (nb, 256)."""
+    d = _words(q, 0, 4, "<f4")[:, 0]
+    with np.errstate(invalid="ignore", over="ignore"):
+        np.multiply(d[:, None], q[:, 4:260].view(np.int8), out=out, dtype=F32)
+
 
 
 CODECS: dict[int, Codec] = {
-    GGMLType.Q2_K: Codec(quantize_q2_k, dequantize_q2_k, ((80, 2, 2),)),
-    GGMLType.Q3_K: Codec(quantize_q3_k, dequantize_q3_k, ((108, 2, 1),)),
+    GGMLType.Q2_K: into_codec(quantize_q2_k, dequantize_q2_k_into, ((80, 2, 2),), QK_K),
+    GGMLType.Q3_K: into_codec(quantize_q3_k, dequantize_q3_k_into, ((108, 2, 1),), QK_K),
     GGMLType.Q4_K: into_codec(quantize_q4_k, dequantize_q4_k_into, ((0, 2, 2),), QK_K),
     GGMLType.Q5_K: into_codec(quantize_q5_k, dequantize_q5_k_into, ((0, 2, 2),), QK_K),
     GGMLType.Q6_K: into_codec(quantize_q6_k, dequantize_q6_k_into, ((208, 2, 1),), QK_K),
-    GGMLType.Q8_K: Codec(None, dequantize_q8_k, ((0, 4, 1), (260, 2, 16))),
+    GGMLType.Q8_K: into_codec(None, dequantize_q8_k_into, ((0, 4, 1), (260, 2, 16)), QK_K),
 }
