@@ -3,7 +3,6 @@
 read back with gguf-py's GGUFReader and named with its TensorNameMap, source values read
 with torch / safetensors, logits from transformers vs llama.cpp (llama-cpp-python), and
 libmtmd loading and running the mmproj."""
-import ctypes
 import hashlib
 import json
 import os
@@ -19,6 +18,7 @@ import gguf
 from gguflite.convert import convert_llava
 from gguflite.cli import main as cli_main
 from gguflite.errors import CheckpointError
+from tests.llama_cpp_peer import llama, llama_cpp_logits, mtmd_encode
 from tests.checkpoints import CLIP_MEAN, CLIP_STD, LAYOUTS, N_SP, PINPOINTS, VISION, make_checkpoint
 
 SEPARATE_TOWER = {"llava-1.5", "mobilevlm-v1", "mobilevlm-v2"}
@@ -291,24 +291,12 @@ def test_the_vocabulary_is_sentencepieces_plus_added_tokens_and_padding(converte
 # --------------------------------------------------------------------------- llama.cpp
 
 
-def _llama(path, **kw):
-    import llama_cpp
-    kw = {"n_ctx": 128, "n_threads": 1, "verbose": False, **kw}
-    return llama_cpp.Llama(model_path=str(path), **kw)
-
-
-def _llama_cpp_logits(path, ids):
-    m = _llama(path, logits_all=True)
-    m.eval(ids)
-    return np.array(m.scores[:len(ids)])
-
-
 @pytest.mark.parametrize("layout", ["llava-1.5", "llava-1.6-mistral", "llava-hf-1.5", "mobilevlm-v2"])
 def test_llama_cpp_logits_match_transformers(converted, fixtures, layout):
     fx = fixtures[layout]
     with torch.no_grad():
         want = fx.reference_llm()(torch.tensor([PROMPT])).logits[0].numpy()
-    got = _llama_cpp_logits(converted[layout][0], PROMPT)
+    got = llama_cpp_logits(converted[layout][0], PROMPT)
     np.testing.assert_allclose(got, want, atol=5e-3 * np.abs(want).max(), rtol=0)
 
 
@@ -317,46 +305,16 @@ def test_llama_cpp_tokenizes_text_as_sentencepiece_does(converted, fixtures):
 
     fx = fixtures["llava-hf-1.5"]
     sp = sentencepiece.SentencePieceProcessor(model_file=os.path.join(fx.model_dir, "tokenizer.model"))
-    m = _llama(converted["llava-hf-1.5"][0], vocab_only=True)
+    m = llama(converted["llava-hf-1.5"][0], vocab_only=True)
     for text in ["the cat is on a table", "describe this photo 42", "USER: what is in the image?"]:
         assert m.tokenize(text.encode(), add_bos=True) == [1] + sp.encode(text)
     assert m.tokenize(b"<image>", add_bos=False, special=True) == [N_SP]
 
 
-def _mtmd_encode(llm_path, mmproj_path):
-    """(n_tokens, embeddings) of one 336x336 image through libmtmd."""
-    from llama_cpp import mtmd_cpp as M
-
-    model = _llama(llm_path, n_ctx=1024)
-    p = M.mtmd_context_params_default()
-    p.use_gpu, p.n_threads, p.print_timings, p.warmup = False, 1, False, False
-    ctx = M.mtmd_init_from_file(str(mmproj_path).encode(), model._model.model, p)
-    assert ctx, "libmtmd refused the mmproj"
-    try:
-        assert M.mtmd_support_vision(ctx)
-        img = (np.arange(336 * 336 * 3) % 251).astype(np.uint8)
-        bm = M.mtmd_bitmap_init(336, 336, img.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)))
-        chunks = M.mtmd_input_chunks_init()
-        text = b"USER: " + M.mtmd_default_marker() + b"\nwhat is it? ASSISTANT:"
-        inp = M.mtmd_input_text(text=text, text_len=len(text), add_special=True, parse_special=True)
-        assert M.mtmd_tokenize(ctx, chunks, ctypes.byref(inp), (M.mtmd_bitmap_p_ctypes * 1)(bm), 1) == 0
-        images = [M.mtmd_input_chunks_get(chunks, i) for i in range(M.mtmd_input_chunks_size(chunks))]
-        images = [c for c in images if M.mtmd_input_chunk_get_type(c) != 0]
-        assert len(images) == 1
-        n = M.mtmd_input_chunk_get_n_tokens(images[0])
-        assert M.mtmd_encode_chunk(ctx, images[0]) == 0
-        emb = np.ctypeslib.as_array(M.mtmd_get_output_embd(ctx), shape=(n * model.n_embd(),)).copy()
-        M.mtmd_input_chunks_free(chunks)
-        M.mtmd_bitmap_free(bm)
-        return n, emb
-    finally:
-        M.mtmd_free(ctx)
-
-
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_libmtmd_loads_the_mmproj_and_encodes_an_image(converted, layout):
     llm, mm = converted[layout][:2]
-    n, emb = _mtmd_encode(llm, mm)
+    n, emb = mtmd_encode(llm, mm)
     assert n == (144 if layout.startswith("mobilevlm") else 576)
     assert np.isfinite(emb).all() and np.abs(emb).max() > 0
 
@@ -431,7 +389,7 @@ def _mobilevlm_projector(f, proj):
                                     "mobilevlm-v1", "mobilevlm-v2"])
 def test_libmtmd_image_embeddings_equal_transformers_clip_cut_at_the_selected_layer(converted, fixtures, layout):
     llm, mm = converted[layout][:2]
-    n, emb = _mtmd_encode(llm, mm)
+    n, emb = mtmd_encode(llm, mm)
     emb = emb.reshape(n, -1)
     image = (np.arange(336 * 336 * 3) % 251).astype(np.uint8).reshape(336, 336, 3)  # as _mtmd_encode sends
     scale = None
@@ -466,10 +424,10 @@ def test_f16_and_bf16_outputs_round_as_torch_does_and_llama_cpp_runs_them(fixtur
         assert mm_types["v.position_embd.weight"] == mm_types["v.class_embd"] == gguf.GGMLQuantizationType.F32
         assert mm_types["v.patch_embd.weight"] == gguf.GGMLQuantizationType.F16
         assert _value(_fields(llm)["general.file_type"]) == {"f16": 1, "bf16": 32}[outtype]
-        logits = _llama_cpp_logits(llm, PROMPT)
+        logits = llama_cpp_logits(llm, PROMPT)
         np.testing.assert_allclose(logits, want, atol=0.05 * np.abs(want).max(), rtol=0)
         assert _tensors(mm)["v.blk.0.ffn_up.weight"].tensor_type == gguf.GGMLQuantizationType[outtype.upper()]
-        n, emb = _mtmd_encode(llm, mm)
+        n, emb = mtmd_encode(llm, mm)
         assert n == 576 and np.isfinite(emb).all()
 
 
@@ -508,9 +466,9 @@ def test_quantized_outputs_dequantize_close_to_the_source_and_run_in_llama_cpp(f
             np.testing.assert_array_equal(np.asarray(t.data), gguf.quants.quantize(w, t.tensor_type))
     assert got["output_norm.weight"].tensor_type == Q.F32
     assert _value(_fields(llm)["general.quantization_version"]) == 2
-    assert np.isfinite(_llama_cpp_logits(llm, PROMPT)).all()
+    assert np.isfinite(llama_cpp_logits(llm, PROMPT)).all()
     assert {t.tensor_type for n, t in _tensors(mm).items() if n.endswith("ffn_up.weight")} == {Q.Q8_0}
-    n, emb = _mtmd_encode(llm, mm)
+    n, emb = mtmd_encode(llm, mm)
     assert n == 576 and np.isfinite(emb).all()
 
 
@@ -572,9 +530,9 @@ def test_a_checkpoint_saved_by_transformers_own_llava_class_converts_and_runs(ck
     llm, mm = convert_llava(src, outdir=tmp_path / "out", outtype="f32", progress=False)
     with torch.no_grad():
         want = model(input_ids=torch.tensor([PROMPT])).logits[0].numpy()
-    got = _llama_cpp_logits(llm, PROMPT)
+    got = llama_cpp_logits(llm, PROMPT)
     np.testing.assert_allclose(got, want, atol=5e-3 * np.abs(want).max(), rtol=0)
-    assert _mtmd_encode(llm, mm)[0] == 576
+    assert mtmd_encode(llm, mm)[0] == 576
 
 
 def test_a_separate_clip_vision_folder_saved_by_transformers_5_is_accepted(fixtures, tmp_path):
@@ -585,7 +543,7 @@ def test_a_separate_clip_vision_folder_saved_by_transformers_5_is_accepted(fixtu
     transformers.CLIPVisionModel(transformers.CLIPVisionConfig(**VISION)).save_pretrained(tower)
     llm, mm = convert_llava(fixtures["mobilevlm-v2"].model_dir, vision_tower=tower, outdir=tmp_path / "out",
                             progress=False)
-    assert _mtmd_encode(llm, mm)[0] == 144
+    assert mtmd_encode(llm, mm)[0] == 144
 
 
 # --------------------------------------------------------------------------- how the tower is found
@@ -862,7 +820,7 @@ def test_bf16_checkpoints_convert_exactly(fixtures, tmp_path):
             np.testing.assert_array_equal(np.asarray(got[gname].data, np.float32).reshape(want.shape), want)
             checked += 1
     assert checked == 4
-    assert np.isfinite(_llama_cpp_logits(llm, PROMPT)).all()
+    assert np.isfinite(llama_cpp_logits(llm, PROMPT)).all()
 
 
 # --------------------------------------------------------------------------- real configs

@@ -13,6 +13,7 @@ from gguflite.quant.requantize import SCHEMES, plan, requantize, tensor_types, u
 from gguflite.types import GGMLType as G
 
 import llama_cpp
+from tests.llama_cpp_peer import llama_cpp_logits, mtmd_encode
 
 
 @pytest.fixture(scope="session")
@@ -148,14 +149,12 @@ def test_rows_that_fit_no_block_are_refused_for_legacy_types_unless_f16_is_asked
 
 @pytest.mark.slow
 def test_libmtmd_encodes_an_image_with_a_requantized_mmproj_like_the_f32_one(tiny_llm, tmp_path):
-    from tests.test_convert import _mtmd_encode
-
     mm32 = tiny_llm.replace("llava-1.5-f32.gguf", "mmproj-llava-1.5-f32.gguf")
     mm8 = str(tmp_path / "mmproj-q8_0.gguf")
     targets = requantize(mm32, mm8, "q8_0")
     assert targets["v.blk.0.attn_q.weight"] == G.Q8_0 and targets["v.position_embd.weight"] is None
-    n32, e32 = _mtmd_encode(tiny_llm, mm32)
-    n8, e8 = _mtmd_encode(tiny_llm, mm8)
+    n32, e32 = mtmd_encode(tiny_llm, mm32)
+    n8, e8 = mtmd_encode(tiny_llm, mm8)
     assert n8 == n32
     np.testing.assert_allclose(e8, e32, atol=0.05 * np.abs(e32).max(), rtol=0)
 
@@ -165,13 +164,7 @@ def test_llama_cpp_runs_the_q4_k_m_model_close_to_f32(llama11, tmp_path):
     q = str(tmp_path / "q4km.gguf")
     requantize(llama11, q, "q4_k_m")
     ids = [1, 5, 9, 200, 17]
-
-    def logits(path):
-        m = llama_cpp.Llama(model_path=path, n_ctx=64, n_threads=1, verbose=False, logits_all=True)
-        m.eval(ids)
-        return np.array(m.scores[: len(ids)])
-
-    want, got = logits(llama11), logits(q)
+    want, got = llama_cpp_logits(llama11, ids), llama_cpp_logits(q, ids)
     assert np.isfinite(got).all()
     # 4-5 bit weights through 11 random layers move logits noticeably; they stay aligned
     cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
