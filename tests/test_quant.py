@@ -172,6 +172,36 @@ def test_q8_k_dequantizes_as_ggml_does():
     assert np.abs(want - x).max() <= np.abs(x).max() / 127  # the blocks are real Q8_K
 
 
+# fp16 scale fields that are not ordinary numbers: +-inf, quiet and signaling NaNs, +-0,
+# the smallest subnormal and the largest finite half.
+F16_SPECIALS = [0x7C00, 0xFC00, 0x7E00, 0xFE00, 0x7C01, 0xFD55, 0x0000, 0x8000, 0x0001, 0x7BFF, 0xFBFF]
+
+
+@pytest.mark.parametrize("t", sorted(K_QUANTS), ids=lambda t: t.name)
+@given(seed=st.integers(0, 2**32 - 1), n_blocks=st.integers(1, 5))
+@settings(max_examples=15)
+def test_k_quant_blocks_with_inf_nan_and_zero_scales_dequantize_as_ggml_does(t, seed, n_blocks):
+    q = random_blocks(t, n_blocks, seed)
+    rng = np.random.default_rng(seed)
+    for off, _, count in _scale_fields(t):  # d, and dmin where the type has one
+        for c in range(count):
+            pick = rng.random(n_blocks) < 0.6
+            halves = rng.choice(F16_SPECIALS, n_blocks).astype("<u2").view(np.uint8).reshape(-1, 2)
+            q[pick, off + 2 * c : off + 2 * c + 2] = halves[pick]
+    n = n_blocks * 256
+    assert_same_floats(dequantize(q, t, (n,)), ggml_quant.dequantize(int(t), q, n))
+
+
+def test_q8_k_blocks_with_inf_nan_and_zero_scales_dequantize_as_ggml_does():
+    f, base = _ggml_base_q8_k()
+    q = random_blocks(G.Q8_K, 8, 8)
+    d = np.array([np.inf, -np.inf, np.nan, 0.0, -0.0, 1e-45, 3.4e38, 0.25], "<f4")
+    q[:, :4] = d.view(np.uint8).reshape(8, 4)
+    want = np.empty(8 * 256, np.float32)
+    base.dequantize_row_q8_K(f.from_buffer(q), f.cast("float *", f.from_buffer(want)), want.size)
+    assert_same_floats(dequantize(q, G.Q8_K, (8, 256)).reshape(-1), want)
+
+
 @pytest.mark.parametrize("t", sorted(PLAIN - {G.F32}), ids=lambda t: t.name)
 def test_integer_and_f64_tensors_dequantize_by_value(t):
     dt = TYPE_TRAITS[t].dtype
