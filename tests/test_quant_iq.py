@@ -86,7 +86,13 @@ def test_blocks_written_by_ggml_quantizer_decode_as_ggml_decodes_them(t):
     y = dequantize(q, t, x.shape)
     assert_same_floats(y.reshape(-1), ggml_dequantize(t, q))
     rel = np.abs(y - x).mean(axis=1) / np.abs(x).mean(axis=1)
-    assert (rel < 0.9).all()  # real codes: the values follow x (1-2 bits a value: loosely)
+    assert (rel < REAL_CODE_ERROR[t]).all()  # the blocks are real codes of x, not noise
+
+
+# Mean |y - x| / mean |x| of ggml's own codes for the rows above: 1.4x what ggml 0.25.3 gives
+# (random blocks with a scale of the same size give more than 1).
+REAL_CODE_ERROR = {G.IQ2_XXS: 0.5, G.IQ2_XS: 0.45, G.IQ2_S: 0.35, G.IQ3_XXS: 0.26, G.IQ3_S: 0.2,
+                   G.IQ1_S: 0.7, G.IQ1_M: 0.7}
 
 
 def test_a_grid_type_tensor_read_from_a_gguf_file_dequantizes_as_ggml_does(tmp_path):
