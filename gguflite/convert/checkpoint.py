@@ -1,6 +1,8 @@
 """One view over a checkpoint folder, whatever its weight format:
 ``Checkpoint(folder)`` → ``.tensors`` (name → lazy tensor with ``name``, ``shape``,
-``dtype`` and ``load()``), ``.config`` (config.json), ``.files`` (the weight files read).
+``dtype``, ``load()`` (a read-only view over the memory-mapped file) and ``release()`` (drop
+its pages from the process's resident set once used; the page cache keeps them)),
+``.config`` (config.json), ``.files`` (the weight files read).
 
 Which files hold the weights, in order of preference:
 

@@ -6,9 +6,13 @@ them back, and renamed into place together (both files or neither).
 1. each file goes to a hidden temp file in its final folder (``gguflite.writer.AtomicFile``
    with ``defer_rename``: the writer's own temp naming and stale-file cleanup) through
    ``GGUFWriter``, whose tensor sources are callables: each tensor is loaded, permuted,
-   cast or quantized only when the writer reaches it, and its CRC32 recorded;
-2. every temp file is re-opened with ``gguflite.open`` and its keys, tensor names, shapes,
-   types and data CRC32s compared with what was meant;
+   cast or quantized only when the writer reaches it, and its CRC32 recorded; once it is
+   written, its source pages are released from the process's resident set (``release()``
+   of the checkpoint tensor), so the peak RSS is about one tensor, not the whole checkpoint;
+2. every temp file is re-opened with ``gguflite.open`` and its keys, tensor names, shapes
+   and types compared with what was meant, and its tensor data read back with plain
+   ``readinto`` in ``VERIFY_CHUNK`` pieces (not through the mapping, whose touched pages
+   would all count as resident) and checked against the recorded CRC32s;
 3. only then are the temp files renamed over the final paths.  Any exception or Ctrl-C
    before that removes every temp file; a failure between the renames removes the file
    already renamed.  After a SIGKILL the next conversion into the same folder removes the
@@ -43,6 +47,7 @@ class PlannedTensor:
 
 
 SLAB_ELEMENTS = 1 << 22  # rows are cast/quantized this many elements at a time (16 MB as f32)
+VERIFY_CHUNK = 1 << 23  # bytes of written tensor data read back at a time
 
 
 def _tensor_bytes(p: PlannedTensor) -> np.ndarray:
@@ -112,7 +117,7 @@ def write_both(jobs, progress: bool) -> None:
             af = AtomicFile(final, fsync=w.fsync, defer_rename=True)
             temps.append(af)
             with af as fh:
-                w.write_to(fh)
+                w.write_to(fh, _releaser(plan))
         for (final, meta, plan), af in zip(jobs, temps):
             _verify(af.tmp, meta, plan)
         done = []
@@ -138,6 +143,19 @@ def _source(p: PlannedTensor, bar: _Progress) -> Callable[[], np.ndarray]:
     return make
 
 
+def _releaser(plan) -> Callable[[int, int], None]:
+    """The writer's ``progress`` callback, called once after each tensor is written (in
+    plan order): releases that tensor's source pages.  A source without ``release()``
+    holds nothing mapped."""
+    written = iter(plan)
+
+    def after_write(done: int, total: int) -> None:
+        release = getattr(next(written).source, "release", None)
+        if release is not None:
+            release()
+    return after_write
+
+
 def _verify(path: str, meta, plan):
     """Re-open a written file and compare it with what was meant to be written."""
     import gguflite
@@ -160,6 +178,20 @@ def _verify(path: str, meta, plan):
             info = f.tensors[p.name]
             if tuple(info.shape) != p.shape or int(info.type) != int(p.type):
                 raise GGUFError(f"written file does not read back: {info.shape}/{info.type}", path=path, tensor=p.name)
-            data = info.data
-            if zlib.crc32(memoryview(np.ascontiguousarray(data)).cast("B")) != p.crc:
-                raise GGUFError("written file does not read back: tensor data differs", path=path, tensor=p.name)
+        ranges = [(p, f.tensors[p.name].abs_offset, f.tensors[p.name].nbytes) for p in plan]
+    buf = bytearray(min(VERIFY_CHUNK, max((n for _, _, n in ranges), default=0)))
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        for p, start, nbytes in sorted(ranges, key=lambda r: r[1]):
+            fh.seek(start)
+            crc, left = 0, nbytes
+            while left:
+                got = fh.readinto(view[:min(left, len(buf))])
+                if not got:
+                    raise GGUFError(f"written file does not read back: ends {left} bytes into tensor data",
+                                    path=path, offset=start + nbytes - left, tensor=p.name)
+                crc = zlib.crc32(view[:got], crc)
+                left -= got
+            if crc != p.crc:
+                raise GGUFError("written file does not read back: tensor data differs", path=path, offset=start,
+                                tensor=p.name)

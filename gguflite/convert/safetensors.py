@@ -23,6 +23,12 @@ and the sorted ranges tile the buffer exactly from 0 to its end (no gaps, no ove
 nothing past the file).  The file is memory-mapped read-only;
 ``load()`` returns a zero-copy read-only numpy view.  BF16 has no numpy dtype and comes back
 as raw ``uint16`` bits (``CheckpointTensor.dtype`` says "BF16").
+
+``release()`` (of a tensor or the file) drops the file's mapped pages from the process's
+resident set once a tensor has been used (``release_pages``): every page of a mapping that
+was touched counts in the process's RSS until it is unmapped, so a converter reading a whole
+checkpoint through the mapping would otherwise end up "holding" the whole file.  The page
+cache keeps the pages; a view from ``load()`` stays valid and reads them back in on access.
 """
 from __future__ import annotations
 
@@ -79,6 +85,11 @@ class SafetensorsTensor:
 
     def load(self) -> np.ndarray:
         return self._file._view(self)
+
+    def release(self) -> None:
+        """Done with this tensor for now: drop its file's mapped pages from the resident
+        set (``release_pages``; views still read)."""
+        self._file.release()
 
 
 class SafetensorsFile:
@@ -174,6 +185,11 @@ class SafetensorsFile:
         arr = np.frombuffer(self._map, DTYPES[t.dtype], count=t.nbytes // DTYPES[t.dtype].itemsize, offset=t.begin)
         return arr.reshape(t.shape)
 
+    def release(self) -> None:
+        """Drop every mapped page of the file from the resident set (``release_pages``)."""
+        if self._map is not None:
+            release_pages(self._map)
+
     def close(self):
         # views handed out keep the mmap alive (BufferError); then the GC closes it later
         if self._map is not None:
@@ -187,6 +203,19 @@ class SafetensorsFile:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def release_pages(mm: mmap.mmap) -> None:
+    """Drop every page of the read-only file mapping ``mm`` from this process's resident
+    set: ``MADV_DONTNEED`` on a shared file mapping unmaps the pages here and leaves them in
+    the page cache, so the next access reads the same bytes back.  The whole mapping, not
+    one tensor's byte range: a page fault also maps already-cached neighbouring pages
+    (fault-around, a large folio), which can belong to other tensors; and the page tables
+    of a range with nothing mapped are skipped cheaply.  A no-op on a closed or empty
+    mapping, and where ``madvise`` is missing (Windows)."""
+    if mm.closed or len(mm) == 0 or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    mm.madvise(mmap.MADV_DONTNEED)
 
 
 def _prescan(raw: bytes, file_size: int, path: str) -> None:

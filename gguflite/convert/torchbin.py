@@ -28,8 +28,10 @@ Hostile files are bounded before anything is built or read:
   dims must fit numpy (product of the non-zero dims x item size < 2**63).
 
 Tensors are lazy: ``load()`` maps the one storage record it needs (zero-copy over the
-memory-mapped archive) and returns a read-only strided numpy view.  The legacy pre-1.6
-tar/pickle format is refused with a clear error.
+memory-mapped archive) and returns a read-only strided numpy view; ``release()`` drops the
+archive's mapped pages from the process's resident set again (``safetensors.release_pages``:
+the page cache keeps them, a view still reads).  The legacy pre-1.6 tar/pickle format is
+refused with a clear error.
 """
 from __future__ import annotations
 
@@ -46,6 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import CheckpointError, short_repr
+from .safetensors import release_pages
 
 # torch storage class name -> (safetensors-style dtype name, little-endian numpy dtype)
 STORAGE_DTYPES: dict[str, tuple[str, np.dtype]] = {
@@ -115,6 +118,11 @@ class TorchTensor:
 
     def load(self) -> np.ndarray:
         return self._file._view(self)
+
+    def release(self) -> None:
+        """Done with this tensor for now: drop its file's mapped pages from the resident
+        set (``safetensors.release_pages``; views still read)."""
+        self._file.release()
 
 
 class _Rebuilt:
@@ -434,6 +442,10 @@ class TorchBinFile:
         if start + info.file_size > self.size:
             raise CheckpointError("storage record runs past the end of the file", path=self.path, offset=start, tensor=t.name)
         return np.frombuffer(self._map, t.storage.np_dtype, count=t.storage.numel, offset=start)
+
+    def release(self) -> None:
+        """Drop every mapped page of the archive from the resident set (``release_pages``)."""
+        release_pages(self._map)
 
     def _view(self, t: TorchTensor) -> np.ndarray:
         try:
