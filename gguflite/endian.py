@@ -4,8 +4,8 @@ Metadata is re-encoded by ``GGUFWriter``.  Tensor data: plain types swap every e
 block types swap only the multi-byte fields inside each block, as laid out in ggml's
 ``ggml-common.h``.  The field table is the quantization package's
 (``gguflite.quant.swap_block_bytes``, one ``Codec.swap`` per type), so every type that
-``gguflite.quant`` knows converts (NVFP4, Q1_0, Q2_0 included).  The grid IQ types (IQ2_*,
-IQ3_*, IQ1_*) and unknown ids are refused with an error rather than converted wrongly.
+``gguflite.quant`` knows converts (NVFP4, Q1_0, Q2_0 and the grid IQ types included).  Unknown
+type ids are refused with an error rather than converted wrongly.
 """
 from __future__ import annotations
 
