@@ -96,6 +96,52 @@ def test_quantize_matches_ggml_on_a_larger_realistic_tensor(t):
     assert np.array_equal(quantize(x, t), ggml_quantize(t, x))
 
 
+LEGACY = [G.Q4_0, G.Q4_1, G.Q5_0, G.Q5_1, G.Q8_0, G.Q8_1]
+
+
+def special_blocks() -> np.ndarray:
+    """(n, 32) blocks that each hit one corner of the legacy scale searches: +a and -a both at
+    the top magnitude (either first), signed zeros (either first), NaN and inf among normal
+    values, all-NaN, +-inf together, denormal-only blocks (scales that round to 0 or whose
+    inverse overflows), values that overflow max - min, and exact ties of the rounding."""
+    rng = np.random.default_rng(7)
+    rows = []
+    for first in (1.0, -1.0):
+        b = rng.uniform(-1, 1, 32)
+        b[3], b[20] = 2.0 * first, -2.0 * first
+        rows.append(b)
+        z = np.zeros(32)
+        z[5] = -0.0 if first > 0 else 0.0
+        z[:5] = 0.0 if first > 0 else -0.0
+        rows.append(z)
+        rows.append(np.where(rng.random(32) < 0.5, 0.0, -0.0) * first)
+    for special in (np.nan, np.inf, -np.inf):
+        b = rng.standard_normal(32)
+        b[rng.integers(0, 32, 3)] = special
+        rows.append(b)
+    rows.append(np.full(32, np.nan))
+    b = rng.standard_normal(32)
+    b[[4, 9]] = np.inf, -np.inf
+    rows.append(b)
+    for scale in (1e-45, 3e-45, 1e-44, 1e-42, 1e-39, 1e-38):
+        rows.append(np.round(rng.uniform(-12, 12, 32)) * scale)
+    rows.append(np.array([3.4e38, -3.4e38] * 16))
+    rows.append(np.round(rng.standard_normal(32) * 8) / 2)
+    rows.append(np.full(32, 65520.0))
+    return np.array(rows, np.float32)
+
+
+@pytest.mark.parametrize("t", LEGACY, ids=lambda t: t.name)
+@pytest.mark.parametrize("n_blocks", [1, 7, 24], ids=lambda n: f"{n}blocks")
+def test_legacy_quantizers_match_ggml_on_special_blocks(t, n_blocks):
+    # odd and even block counts: the codecs work on 8-byte words when the count allows
+    x = special_blocks()
+    x = np.concatenate([x, x[::-1]])[:n_blocks] if n_blocks <= 2 * len(x) else x
+    assert np.array_equal(quantize(x, t), ggml_quantize(t, x))
+    rolled = np.roll(x.reshape(-1), 5).reshape(-1, 32)  # the corners mixed into other blocks
+    assert np.array_equal(quantize(rolled, t), ggml_quantize(t, rolled))
+
+
 @pytest.mark.parametrize("t", [G.Q8_0, G.Q4_K], ids=lambda t: t.name)
 def test_small_chunks_give_the_same_bytes_as_one_chunk(t):
     x = np.random.default_rng(1).standard_normal((5, 512)).astype(np.float32)

@@ -9,6 +9,22 @@ comments quote the C expression each line reproduces.  Layouts (bytes):
     Q5_1  [f16 d][f16 m][u32 qh][16 B]
     Q8_0  [f16 d][32 x i8]
     Q8_1  [f16 d][f16 s = d*sum(q)][32 x i8]
+
+Speed.  A numpy operation on an (n_blocks, 32) array whose rows are not contiguous, or that
+broadcasts a per-block value, runs one inner loop per block row: a few ns of overhead per
+32 values, more than the arithmetic.  So the 4- and 5-bit codecs avoid such operations:
+
+* the quantizers work in a *lane* layout (``_lanes``): the chunk transposed in 16-byte
+  units, (8, 4n) float32, lane k holding elements 4k..4k+3 of every block.  Per-block
+  reductions are then 7 whole-lane operations, the per-block scale a whole-lane multiply by
+  a 4x repeated vector, and the low (elements 0..15) and high (16..31) nibbles are lanes
+  0..3 and 4..7, so packing is one operation on 8-byte words;
+* the dequantizers unpack nibbles on 8-byte words of the contiguous ``qs`` bytes, place
+  them with 16-byte-unit copies, and scale with whole-array passes over a 32x repeated
+  ``d`` (and ``m``).
+
+Block fields are read and written through views of structured widths (``"V16"``, ``"<f2"``,
+``"<u4"``): one strided 1-D copy instead of a 2-D one.
 """
 from __future__ import annotations
 
@@ -19,22 +35,154 @@ from ._common import (
     F32,
     Codec,
     cvtt_i32,
-    first_abs_max,
     fold_max_abs,
     into_codec,
     f32_to_f16_bits,
-    le_f16,
-    pack_nibbles,
-    put_u16,
-    roundf,
     nan_ignoring,
+    roundf,
     safe_inv,
 )
 
 _FLT_MAX = F32(np.finfo(np.float32).max)
+_LO4 = np.uint64(0x0F0F0F0F0F0F0F0F)  # the low nibble of each byte of an 8-byte word
+_HI4 = np.uint64(0xF0F0F0F0F0F0F0F0)
 
 
-def _min_max(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+# --------------------------------------------------------------------------- block fields
+
+
+def _rows(q: np.ndarray) -> np.ndarray:
+    """``q`` (n, type_size) with unit stride along the row, as the field views need."""
+    return q if q.strides[1] == 1 else np.ascontiguousarray(q)
+
+
+def _f16(q: np.ndarray, offset: int, count: int = 1) -> np.ndarray:
+    """``count`` consecutive little-endian fp16 fields at byte ``offset`` → float32 (n, count)
+    (``GGML_FP16_TO_FP32`` is exact)."""
+    return q[:, offset : offset + 2 * count].view("<f2").astype(F32)
+
+
+def _field(q: np.ndarray, offset: int, size: int) -> np.ndarray:
+    """The ``size`` bytes at ``offset`` of every block as a contiguous (n, size) uint8 copy."""
+    return np.ascontiguousarray(q[:, offset : offset + size].view(f"V{size}")).view(np.uint8)
+
+
+def _put_f16(out: np.ndarray, offset: int, bits: np.ndarray) -> None:
+    """Store fp16 ``bits`` (n,) little-endian at byte ``offset`` of each block row of ``out``."""
+    out[:, offset : offset + 2].view("<u2")[:, 0] = bits
+
+
+# --------------------------------------------------------------------------- lane layout
+
+
+def _lanes(x: np.ndarray) -> np.ndarray:
+    """Blocks (n, 32) float32 → (8, 4n) float32 copy; ``lanes[k, 4*i + r] = x[i, 4*k + r]``."""
+    x = np.ascontiguousarray(x, dtype=F32)
+    return x.view("V16").T.copy().view(F32)  # a copy even when n == 1 (then .T is contiguous)
+
+
+def _block_reduce(f: np.ufunc, lanes: np.ndarray) -> np.ndarray:
+    """``f`` (np.maximum / np.minimum, NaN-propagating) over each block of ``lanes`` → (n,)."""
+    m = f(lanes[0], lanes[1])
+    for k in range(2, 8):
+        f(m, lanes[k], out=m)
+    t = np.ascontiguousarray(m.reshape(-1, 4).T)  # (4, n): the 4 partial results of each block
+    r = f(t[0], t[1])
+    f(r, t[2], out=r)
+    f(r, t[3], out=r)
+    return r
+
+
+def _scale_lanes(lanes: np.ndarray, idd: np.ndarray, bias: float, offset: np.ndarray | None = None) -> None:
+    """In place: ``(x - offset)*id + bias`` per block, each step rounded to float32 as in C."""
+    if offset is not None:
+        np.subtract(lanes, np.repeat(offset, 4), out=lanes)
+    np.multiply(lanes, np.repeat(idd, 4), out=lanes)
+    np.add(lanes, F32(bias), out=lanes)
+
+
+def _to_bytes(lanes: np.ndarray, qmax: int | None) -> np.ndarray:
+    """``(uint8_t) MIN(qmax, (int8_t) v)`` (or ``(uint8_t) v`` for ``qmax`` None) → uint8 lanes.
+
+    numpy's float → int8 cast is the x86 truncation keeping the low byte, as C's
+    ``(int8_t)``/``(uint8_t)`` of a float (NaN, inf, out of range → low byte of INT32_MIN = 0);
+    tests/test_quant.py checks NaN/inf/huge/denormal rows against ggml to keep this honest.
+    The clamp compares with a whole lane of ``qmax``: numpy's min against a scalar is slow."""
+    with np.errstate(invalid="ignore"):
+        b = lanes.astype(np.int8)
+    if qmax is not None:
+        np.minimum(b, np.full(b.shape[1], qmax, np.int8), out=b)
+    return b.view(np.uint8)
+
+
+def _words(b: np.ndarray) -> np.ndarray:
+    """uint8 lanes as 8-byte words when the lane length allows (byte-wise ops are the same)."""
+    return b.view(np.uint64) if b.shape[-1] % 8 == 0 else b
+
+
+def _pack_nibbles(b: np.ndarray, mask_low: bool) -> np.ndarray:
+    """Lanes (8, 4n) uint8 → (4, 4n): ``q[j] | q[j+16] << 4`` as stored by a ``uint8_t``
+    (``mask_low``: ``(q[j] & 0x0F) | (q[j+16] & 0x0F) << 4``, the Q5 form)."""
+    w = _words(b)
+    lo4, hi4 = (_LO4, _HI4) if w.dtype == np.uint64 else (np.uint8(0x0F), np.uint8(0xF0))
+    hi = np.left_shift(w[4:], 4)
+    np.bitwise_and(hi, hi4, out=hi)
+    lo = np.bitwise_and(w[:4], lo4) if mask_low else w[:4]
+    np.bitwise_or(hi, lo, out=hi)
+    return hi.view(np.uint8)
+
+
+def _qh_from_lanes(b: np.ndarray) -> np.ndarray:
+    """Bit 4 of each of the 32 quants → ``qh`` (n,) uint32 with bit j from element j."""
+    w = _words(b)
+    one = np.uint64(0x0101010101010101) if w.dtype == np.uint64 else np.uint8(1)
+    bits = np.right_shift(w, 4)
+    np.bitwise_and(bits, one, out=bits)  # 0/1 per byte
+    # the 4 bytes (r = 0..3) of a block in a lane as one little-endian word; the multiply
+    # moves byte r's bit 0 (bit 8r) to bit 24 + r, without carries (all products distinct)
+    v = np.ascontiguousarray(bits.view(np.uint8)).view("<u4").astype(np.uint32)  # (8, n)
+    np.multiply(v, np.uint32(0x01020408), out=v)
+    np.right_shift(v, np.uint32(24), out=v)  # (8, n): 4 bits of lane k
+    np.left_shift(v, (4 * np.arange(8, dtype=np.uint32))[:, None], out=v)
+    return np.bitwise_or.reduce(v, axis=0)
+
+
+def _put_lanes(out: np.ndarray, offset: int, packed: np.ndarray) -> None:
+    """Packed (4, 4n) bytes (lane k: bytes 4k..4k+3 of each block) → ``out[:, offset:offset+16]``."""
+    dst = out[:, offset : offset + 16].view("V4")  # (n, 4)
+    src = packed.view("V4")  # (4, n)
+    for k in range(4):
+        dst[:, k] = src[k]
+
+
+# --------------------------------------------------------------------------- scale search
+
+
+def _abs_max_exact(rows: np.ndarray) -> np.ndarray:
+    """``if (amax < fabsf(v)) {amax = fabsf(v); max = v;}`` from 0 on a few rows: the first
+    element of largest magnitude, NaN never chosen, +0.0 when all are zero or NaN."""
+    a = np.abs(rows)
+    a[np.isnan(a)] = -1
+    amax = a.max(axis=1)
+    idx = (a == amax[:, None]).argmax(axis=1)
+    return np.where(amax > 0, rows[np.arange(len(rows)), idx], F32(0))
+
+
+def _signed_abs_max(x: np.ndarray, lanes: np.ndarray) -> np.ndarray:
+    """The signed ``max`` of the Q4_0/Q5_0 scale loop per block, from the lane max and min;
+    rows with a NaN or with +a and -a both at the top magnitude take the exact loop."""
+    hi = _block_reduce(np.maximum, lanes)
+    lo = _block_reduce(np.minimum, lanes)
+    nlo = -lo
+    mx = np.where(hi > nlo, hi, lo)
+    mx[~(hi > 0) & ~(nlo > 0)] = 0  # all zero (C's max stays +0.0)
+    hard = np.isnan(hi) | ((hi == nlo) & (hi > 0))
+    if hard.any():
+        mx[hard] = _abs_max_exact(x[hard])
+    return mx
+
+
+def _min_max_exact(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``min = FLT_MAX, max = -FLT_MAX; if (v < min) min = v; if (v > max) max = v;`` per row:
     NaN ignored, and a zero result keeps the sign of the first zero, as the C loop does."""
     xt = np.ascontiguousarray(x.T)  # (32, n): reductions over axis 0 are whole-row operations
@@ -49,118 +197,154 @@ def _min_max(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mn, mx
 
 
-def _qh_bits(q: np.ndarray) -> np.ndarray:
-    """Bit 4 of each of the 32 quants → the 4 little-endian bytes of ``qh`` (n, 4)."""
-    bits = ((q >> 4) & 1).astype(np.uint8)  # (n, 32): bit j of qh
-    return np.packbits(bits, axis=1, bitorder="little")
+def _min_max(x: np.ndarray, lanes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Q4_1/Q5_1's per-block min and max from the lanes; rows with a NaN or a zero result
+    (whose sign depends on which zero came first) take the exact loop."""
+    mn = _block_reduce(np.minimum, lanes)
+    mx = _block_reduce(np.maximum, lanes)
+    hard = np.isnan(mn) | (mn == 0) | (mx == 0)
+    np.minimum(mn, _FLT_MAX, out=mn)  # +inf is never < FLT_MAX
+    np.maximum(mx, -_FLT_MAX, out=mx)
+    if hard.any():
+        mn[hard], mx[hard] = _min_max_exact(x[hard])
+    return mn, mx
 
 
-# --------------------------------------------------------------------------- Q4_0 / Q5_0
+def _inv(d: np.ndarray) -> np.ndarray:
+    """``d ? 1.0f/d : 0.0f``."""
+    with np.errstate(divide="ignore"):
+        idd = F32(1) / d
+    idd[d == 0] = 0
+    return idd
+
+
+# --------------------------------------------------------------------------- Q4_0 / Q5_0 / Q4_1 / Q5_1 quantize
 
 
 def _quantize_sym(x: np.ndarray, div: float, bias: float, qmax: int) -> tuple[np.ndarray, np.ndarray]:
-    """Q4_0/Q5_0: ``d = max / -div; q = MIN(qmax, (int8_t)(x*id + bias))`` → (d bits, q uint8).
+    """Q4_0/Q5_0: ``d = max / -div; q = MIN(qmax, (int8_t)(x*id + bias))`` → (d bits (n,),
+    q uint8 lanes (8, 4n))."""
+    lanes = _lanes(x)
+    d = _signed_abs_max(x, lanes) / F32(-div)
+    _scale_lanes(lanes, _inv(d), bias)
+    return f32_to_f16_bits(d), _to_bytes(lanes, qmax)
 
-    ``x*id + bias`` lies in [0, qmax + 1.5] unless it is NaN (the truncation then gives
-    INT32_MIN, whose int8_t is 0), so the ``int8_t`` step needs no wrap-around."""
-    _, mx = first_abs_max(x)
-    d = mx / F32(-div)
-    idd = safe_inv(d)
-    v = x * idd[:, None]
-    v += F32(bias)
-    q = np.minimum(cvtt_i32(v), qmax).astype(np.uint8)  # INT32_MIN → 0
-    return f32_to_f16_bits(d), q
+
+def _quantize_affine(x: np.ndarray, levels: int, qmax: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Q4_1/Q5_1: ``d = (max-min)/levels; q = (x-min)*id + 0.5f`` truncated (``MIN(qmax, ...)``
+    for Q4_1) → (d bits, m bits, q uint8 lanes)."""
+    lanes = _lanes(x)
+    mn, mx = _min_max(x, lanes)
+    with np.errstate(over="ignore", invalid="ignore"):
+        d = (mx - mn) / F32(levels)
+        _scale_lanes(lanes, _inv(d), 0.5, offset=mn)
+    return f32_to_f16_bits(d), f32_to_f16_bits(mn), _to_bytes(lanes, qmax)
 
 
 def quantize_q4_0(x: np.ndarray) -> np.ndarray:
-    d, q = _quantize_sym(x, 8, 8.5, 15)
+    d, b = _quantize_sym(x, 8, 8.5, 15)
     out = np.empty((x.shape[0], 18), np.uint8)
-    put_u16(out, 0, d)
-    out[:, 2:] = q[:, :16] | (q[:, 16:] << 4)
+    _put_f16(out, 0, d)
+    _put_lanes(out, 2, _pack_nibbles(b, mask_low=False))  # y.qs[j] = xi0; y.qs[j] |= xi1 << 4
     return out
-
-
-def dequantize_q4_0_into(q: np.ndarray, out: np.ndarray) -> None:
-    qs = q[:, 2:]
-    out[:, :16] = qs & 0x0F  # uint8 → float32 on assignment: faster than a lookup table
-    out[:, 16:] = qs >> 4
-    out -= F32(8)  # (q - 8) is exact in float32, as the C int is
-    out *= le_f16(q, 0)[:, None]
 
 
 def quantize_q5_0(x: np.ndarray) -> np.ndarray:
-    d, q = _quantize_sym(x, 16, 16.5, 31)
+    d, b = _quantize_sym(x, 16, 16.5, 31)
     out = np.empty((x.shape[0], 22), np.uint8)
-    put_u16(out, 0, d)
-    out[:, 2:6] = _qh_bits(q)
-    out[:, 6:] = pack_nibbles(q[:, :16] & 0x0F, q[:, 16:] & 0x0F)
+    _put_f16(out, 0, d)
+    out[:, 2:6].view("<u4")[:, 0] = _qh_from_lanes(b)
+    _put_lanes(out, 6, _pack_nibbles(b, mask_low=True))
     return out
-
-
-# --------------------------------------------------------------------------- Q4_1 / Q5_1
-
-
-def _quantize_affine(x: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Q4_1/Q5_1: ``d = (max-min)/levels; (x-min)*id + 0.5f`` truncated → (d, m bits, q int32).
-
-    The truncated value lies in [0, levels] unless it is NaN (INT32_MIN, whose low byte 0 is
-    what the C casts to ``int8_t``/``uint8_t`` give)."""
-    mn, mx = _min_max(x)
-    d = (mx - mn) / F32(levels)
-    idd = safe_inv(d)
-    v = x - mn[:, None]
-    v *= idd[:, None]
-    v += F32(0.5)
-    return f32_to_f16_bits(d), f32_to_f16_bits(mn), cvtt_i32(v)
 
 
 def quantize_q4_1(x: np.ndarray) -> np.ndarray:
-    d, m, q = _quantize_affine(x, 15)
-    q = np.minimum(q, 15).astype(np.uint8)  # MIN(15, (int8_t)...); INT32_MIN → 0
+    d, m, b = _quantize_affine(x, 15, 15)  # MIN(15, (int8_t)...)
     out = np.empty((x.shape[0], 20), np.uint8)
-    put_u16(out, 0, d)
-    put_u16(out, 2, m)
-    out[:, 4:] = q[:, :16] | (q[:, 16:] << 4)
+    _put_f16(out, 0, d)
+    _put_f16(out, 2, m)
+    _put_lanes(out, 4, _pack_nibbles(b, mask_low=False))
     return out
-
-
-def dequantize_q4_1_into(q: np.ndarray, out: np.ndarray) -> None:
-    qs = q[:, 4:]
-    out[:, :16] = qs & 0x0F
-    out[:, 16:] = qs >> 4
-    out *= le_f16(q, 0)[:, None]  # x*d + m
-    out += le_f16(q, 2)[:, None]
 
 
 def quantize_q5_1(x: np.ndarray) -> np.ndarray:
-    d, m, q = _quantize_affine(x, 31)
-    q = q.astype(np.uint8)  # (uint8_t), no clamp: the low byte
+    d, m, b = _quantize_affine(x, 31, None)  # (uint8_t), no clamp: the low byte
     out = np.empty((x.shape[0], 24), np.uint8)
-    put_u16(out, 0, d)
-    put_u16(out, 2, m)
-    out[:, 4:8] = _qh_bits(q)
-    out[:, 8:] = pack_nibbles(q[:, :16] & 0x0F, q[:, 16:] & 0x0F)
+    _put_f16(out, 0, d)
+    _put_f16(out, 2, m)
+    out[:, 4:8].view("<u4")[:, 0] = _qh_from_lanes(b)
+    _put_lanes(out, 8, _pack_nibbles(b, mask_low=True))
     return out
 
 
-def _q5_into(q: np.ndarray, out: np.ndarray, qh_at: int) -> None:
-    """The 5-bit values (low nibble | qh bit << 4) of Q5_0/Q5_1 into ``out`` as floats."""
-    hb = np.unpackbits(q[:, qh_at : qh_at + 4], axis=1, bitorder="little") << 4  # (n, 32): 0/16
-    qs = q[:, qh_at + 4 :]
-    out[:, :16] = (qs & 0x0F) | hb[:, :16]
-    out[:, 16:] = (qs >> 4) | hb[:, 16:]
+# --------------------------------------------------------------------------- 4/5-bit dequantize
+
+
+def _nibbles(q: np.ndarray, offset: int) -> np.ndarray:
+    """The 16 ``qs`` bytes at ``offset`` → (n, 32) uint8: low nibbles (elements 0..15), then
+    high nibbles (16..31)."""
+    n = q.shape[0]
+    qs = _field(q, offset, 16).reshape(-1).view(np.uint64)  # (2n,) words
+    s = np.empty((2, 2 * n), np.uint64)
+    np.bitwise_and(qs, _LO4, out=s[0])
+    np.right_shift(qs, np.uint64(4), out=s[1])
+    np.bitwise_and(s[1], _LO4, out=s[1])
+    z = np.empty((n, 32), np.uint8)
+    zv, sv = z.view("V16"), s.view(np.uint8).view("V16")  # (n, 2), (2, n)
+    zv[:, 0] = sv[0]
+    zv[:, 1] = sv[1]
+    return z
+
+
+def _add_high_bits(z: np.ndarray, q: np.ndarray, offset: int) -> None:
+    """``| ((qh >> j) << 4) & 0x10`` for element j: the ``qh`` word at ``offset`` into ``z``."""
+    bits = np.unpackbits(_field(q, offset, 4).reshape(-1), bitorder="little")  # (32n,) 0/1
+    b = bits.view(np.uint64)
+    np.left_shift(b, np.uint64(4), out=b)
+    zw = z.reshape(-1).view(np.uint64)
+    np.bitwise_or(zw, b, out=zw)
+
+
+def _scale_into(z: np.ndarray, out: np.ndarray, d: np.ndarray, m: np.ndarray | None = None) -> None:
+    """``out = z*d (+ m)`` per block; ``z*d`` is exact in float32 (|z| < 2^8, d an fp16), so
+    only ``+ m`` rounds, as in C."""
+    flat = out.reshape(-1) if out.flags.c_contiguous else np.empty(out.size, F32)
+    np.copyto(flat, z.reshape(-1), casting="unsafe")
+    np.multiply(flat, np.repeat(d, 32), out=flat)
+    if m is not None:
+        np.add(flat, np.repeat(m, 32), out=flat)
+    if not out.flags.c_contiguous:
+        out[...] = flat.reshape(out.shape)
+
+
+def dequantize_q4_0_into(q: np.ndarray, out: np.ndarray) -> None:
+    q = _rows(q)
+    z = _nibbles(q, 2).view(np.int8)
+    np.subtract(z, np.int8(8), out=z)  # (qs & 0x0F) - 8, exact in int8
+    _scale_into(z, out, _f16(q, 0)[:, 0])
+
+
+def dequantize_q4_1_into(q: np.ndarray, out: np.ndarray) -> None:
+    q = _rows(q)
+    dm = _f16(q, 0, 2)
+    _scale_into(_nibbles(q, 4), out, dm[:, 0], dm[:, 1])  # x*d + m
 
 
 def dequantize_q5_0_into(q: np.ndarray, out: np.ndarray) -> None:
-    _q5_into(q, out, 2)
-    out -= F32(16)
-    out *= le_f16(q, 0)[:, None]
+    q = _rows(q)
+    z = _nibbles(q, 6)
+    _add_high_bits(z, q, 2)
+    z = z.view(np.int8)
+    np.subtract(z, np.int8(16), out=z)
+    _scale_into(z, out, _f16(q, 0)[:, 0])
 
 
 def dequantize_q5_1_into(q: np.ndarray, out: np.ndarray) -> None:
-    _q5_into(q, out, 4)
-    out *= le_f16(q, 0)[:, None]
-    out += le_f16(q, 2)[:, None]
+    q = _rows(q)
+    z = _nibbles(q, 8)
+    _add_high_bits(z, q, 4)
+    dm = _f16(q, 0, 2)
+    _scale_into(z, out, dm[:, 0], dm[:, 1])
 
 
 # --------------------------------------------------------------------------- Q8_0 / Q8_1
@@ -178,29 +362,30 @@ def _quantize_q8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def quantize_q8_0(x: np.ndarray) -> np.ndarray:
     d, q = _quantize_q8(x)
     out = np.empty((x.shape[0], 34), np.uint8)
-    put_u16(out, 0, f32_to_f16_bits(d))
+    _put_f16(out, 0, f32_to_f16_bits(d))
     out[:, 2:] = q.view(np.uint8)
     return out
 
 
 def dequantize_q8_0_into(q: np.ndarray, out: np.ndarray) -> None:
-    np.multiply(q[:, 2:].view(np.int8), le_f16(q, 0)[:, None], out=out)
+    q = _rows(q)
+    np.multiply(q[:, 2:].view(np.int8), _f16(q, 0), out=out)  # qs[j]*d, exact
 
 
 def quantize_q8_1(x: np.ndarray) -> np.ndarray:
     d, q = _quantize_q8(x)
     s = q.astype(np.int32).sum(axis=1)  # int sum: order does not matter
     out = np.empty((x.shape[0], 36), np.uint8)
-    put_u16(out, 0, f32_to_f16_bits(d))
+    _put_f16(out, 0, f32_to_f16_bits(d))
     with np.errstate(invalid="ignore"):
-        put_u16(out, 2, f32_to_f16_bits(s.astype(F32) * d))  # sum*d
+        _put_f16(out, 2, f32_to_f16_bits(s.astype(F32) * d))  # sum*d
     out[:, 4:] = q.view(np.uint8)
     return out
 
 
 def dequantize_q8_1(q: np.ndarray) -> np.ndarray:
-    d = le_f16(q, 0)  # s is redundant (d * sum(q)); ggml's to_float ignores it too
-    return q[:, 4:].view(np.int8).astype(F32) * d[:, None]
+    q = _rows(q)  # s is redundant (d * sum(q)); ggml's to_float ignores it too
+    return q[:, 4:].view(np.int8) * _f16(q, 0)
 
 
 CODECS: dict[int, Codec] = {
