@@ -41,20 +41,17 @@ GROUP_MAX_EPS = F32(1e-15)
 _MAGIC = F32(12582912.0)  # 1.5 * 2^23, the nearest_int constant
 
 
-def _rint(v: np.ndarray) -> np.ndarray:
-    """``(float) nearest_int(v)``.  For |v| < 2^22 that is ``(v + M) - M``; other values
-    (inf, NaN, huge) take the exact bit-trick path."""
+def _rint_clamp(v: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """``(float) MAX(lo, MIN(hi, nearest_int(v)))`` for every float32 ``v``.
+
+    The bit trick itself (add 1.5*2^23, keep the low 23 bits) on all values: exact as in C for
+    inf, NaN and huge values too, and cheaper than rounding in float and fixing those up."""
     with np.errstate(invalid="ignore", over="ignore"):
-        r = (v + _MAGIC) - _MAGIC
-    bad = ~(np.abs(v) < F32(4194303.0))
-    if bad.any():
-        r[bad] = nearest_int(v[bad]).astype(F32)
-    return r
-
-
-def _cl(v: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """``MAX(lo, MIN(hi, l))`` on float-valued integers."""
-    return np.minimum(np.maximum(v, F32(lo)), F32(hi))
+        i = (v + _MAGIC).view(np.int32)
+    i &= 0x007FFFFF
+    np.clip(i, 0x00400000 + lo, 0x00400000 + hi, out=i)
+    i -= 0x00400000
+    return i.astype(F32)
 
 
 def _u8(l_int: np.ndarray) -> np.ndarray:
@@ -86,13 +83,13 @@ def make_qkx2_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelt
         rng = np.where(flat, F32(1), mx - mn)
         iscale = F32(nmax) / rng
         scale = F32(1) / iscale
-        L = _cl(_rint(iscale * (x - mn)), 0, nmax)
+        L = _rint_clamp(iscale * (x - mn), 0, nmax)
         diff = scale * L + mn - x
         diff = np.abs(diff) if use_mad else diff * diff
         best = seqsum(w * diff, axis=0)
         for step in range(nstep + 1):
             iscale = (F32(rmin) + F32(rdelta) * F32(step) + F32(nmax)) / np.where(flat, F32(1), mx - mn)
-            la = _cl(_rint(iscale * (x - mn)), 0, nmax)
+            la = _rint_clamp(iscale * (x - mn), 0, nmax)
             wl = w * la
             sum_l = seqsum(wl, axis=0)
             sum_l2 = seqsum(wl * la, axis=0)
@@ -128,7 +125,7 @@ def make_qx_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
         w = x * x
 
         def trial(iscale):
-            lv = _cl(_rint(iscale * x), -nmax, nmax - 1)
+            lv = _rint_clamp(iscale * x, -nmax, nmax - 1)
             wl = w * x * lv
             return lv, seqsum(wl, axis=0), seqsum(w * lv * lv, axis=0)
 
@@ -160,31 +157,44 @@ def make_q3_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
     mx = np.where(zero, F32(1), mx)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         iscale = F32(-nmax) / mx
-        L = _cl(_rint(iscale * x), -nmax, nmax - 1)
+        L = _rint_clamp(iscale * x, -nmax, nmax - 1)
         w = x * x
         wx = w * x
         sumlx = seqsum(wx * L, axis=0)
         suml2 = seqsum(w * L * L, axis=0)
-        active = ~zero
+        # The passes run on the columns still changing, gathered: C's ``if (!n_changed)
+        # break`` stops most sub-blocks after the first pass (about 1 in 5 goes on).
+        idx = np.flatnonzero(~zero)
+        if idx.size == x.shape[1]:  # no all-zero sub-block: work in place
+            idx = slice(None)
+            xa, wa, wxa, La, sxa, s2a = x, w, wx, L, sumlx, suml2
+        else:
+            xa, wa, wxa, La = x[:, idx], w[:, idx], wx[:, idx], L[:, idx]
+            sxa, s2a = sumlx[idx], suml2[idx]
         for _ in range(5):
-            changed = np.zeros(x.shape[1], bool)
+            changed = np.zeros(sxa.size, bool)
             for i in range(n):
-                slx = sumlx - wx[i] * L[i]
-                ok = active & (slx > 0)
-                sl2 = suml2 - w[i] * L[i] * L[i]
-                new_l = _cl(_rint(x[i] * sl2 / slx), -nmax, nmax - 1)
-                ok &= new_l != L[i]
-                slx2 = slx + wx[i] * new_l
-                sl22 = sl2 + w[i] * new_l * new_l
-                ok &= (sl22 > 0) & (slx2 * slx2 * suml2 > sumlx * sumlx * sl22)
+                slx = sxa - wxa[i] * La[i]
+                sl2 = s2a - wa[i] * La[i] * La[i]
+                new_l = _rint_clamp(xa[i] * sl2 / slx, -nmax, nmax - 1)
+                ok = (slx > 0) & (new_l != La[i])
+                slx2 = slx + wxa[i] * new_l
+                sl22 = sl2 + wa[i] * new_l * new_l
+                ok &= (sl22 > 0) & (slx2 * slx2 * s2a > sxa * sxa * sl22)
                 if ok.any():
-                    L[i] = np.where(ok, new_l, L[i])
-                    sumlx = np.where(ok, slx2, sumlx)
-                    suml2 = np.where(ok, sl22, suml2)
+                    np.copyto(La[i], new_l, where=ok)
+                    np.copyto(sxa, slx2, where=ok)
+                    np.copyto(s2a, sl22, where=ok)
                     changed |= ok
-            active = active & changed
-            if not active.any():
+            if La is not L:
+                L[:, idx], sumlx[idx], suml2[idx] = La, sxa, s2a
+            keep = np.flatnonzero(changed)
+            if keep.size == 0:
                 break
+            if keep.size < changed.size:
+                idx = np.arange(x.shape[1])[idx][keep]
+                xa, wa, wxa, La = xa[:, keep], wa[:, keep], wxa[:, keep], La[:, keep]
+                sxa, s2a = sxa[keep], s2a[keep]
         scale = np.where(suml2 > 0, sumlx / np.where(suml2 > 0, suml2, F32(1)), F32(0))
     return np.where(zero, F32(0), scale), np.where(zero, F32(0), L + F32(nmax))
 
@@ -204,10 +214,11 @@ def _pos_max(v: np.ndarray) -> np.ndarray:
 
 
 def _pack_2bit(L: np.ndarray) -> np.ndarray:
-    """(nb, 256) 2-bit values → (nb, 64): ``qs[j/4 + l] = L[j+l] | L[j+l+32]<<2 | ...``."""
-    q = L.astype(np.uint8).reshape(-1, 2, 4, 32)
-    return (q[:, :, 0] | (q[:, :, 1] << 2) | (q[:, :, 2] << 4) | (q[:, :, 3] << 6)).reshape(-1, 64)
-
+    """(nb, 256) 2-bit values → (nb, 64): ``qs[j/4 + l] = L[j+l] | L[j+l+32]<<2 | ...``,
+    on 8-byte words: run (n, s) of 32 values is shifted by 2s and the 4 runs OR-ed."""
+    nb = L.shape[0]
+    w = np.ascontiguousarray(L, dtype=np.uint8).view("<u8") << _shifts((0, 2, 4, 6) * 2, nb)
+    return np.bitwise_or.reduce(w.reshape(nb, 2, 4, 4), axis=2).view(np.uint8).reshape(nb, 64)
 
 
 def _requant(x: np.ndarray, d: np.ndarray, dm: np.ndarray | None, lo: int, hi: int,
@@ -224,7 +235,7 @@ def _requant(x: np.ndarray, d: np.ndarray, dm: np.ndarray | None, lo: int, hi: i
             # dm + x for 28-31 of each sub-block (measured element by element against
             # libggml-base); we follow it so that NaN rows stay byte-identical.
             num[..., 28:] = dm[..., None] + x[..., 28:]
-        new = _cl(_rint(num / dd), lo, hi)
+        new = _rint_clamp(num / dd, lo, hi)
     return np.where((d == 0)[..., None], L, new)
 
 
@@ -365,7 +376,7 @@ def quantize_q3_k(x: np.ndarray) -> np.ndarray:
     nb = x.shape[0]
     scales, L = make_q3_quants(_sub(x, 16), 4)
     scales = scales.reshape(nb, 16)
-    L = L.T.reshape(nb, 16, 16)
+    L_first = np.ascontiguousarray(L.astype(np.uint8).T).reshape(nb, 256)
     amax, max_scale = first_abs_max(scales)
     nz = max_scale != 0
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
@@ -381,15 +392,18 @@ def quantize_q3_k(x: np.ndarray) -> np.ndarray:
         d = np.where(nz, f32_to_f16_bits(F32(1) / iscale), f32_to_f16_bits(np.zeros(nb, F32)))
         sc = _q3_scales_unpack(sbytes) - 32
         dl = f16_bits_to_f32(d)[:, None] * sc.astype(F32)
-    L = _requant(x.reshape(nb, 16, 16), dl, None, -4, 3, L - F32(4)) + F32(4)
-    L = L.reshape(nb, 256).astype(np.uint8)
-    high = L > 3
-    Lr = np.where(high, L - 4, L)
-    # hmask[m] bit k <- high bit of L[32*k + m]
-    hm = high.reshape(nb, 8, 32).astype(np.uint8) << np.arange(8, dtype=np.uint8).reshape(1, 8, 1)
+        dz = dl == 0  # C: ``if (!d) continue`` keeps make_q3_quants' L
+        new = _rint_clamp(x.reshape(-1) / np.repeat(np.where(dz, F32(1), dl), 16), -4, 3)
+    L = (new + F32(4)).astype(np.uint8).reshape(nb, 256)
+    if dz.any():
+        keep = np.repeat(dz, 16, axis=1)
+        L[keep] = L_first[keep]
+    # hmask[m] bit k <- the high bit (bit 2) of L[32*k + m]; qs gets the low 2 bits
+    w = L.view("<u8")  # (nb, 32): 8 runs of 32 values
+    high = ((w >> np.uint64(2)) & _M1) << _shifts(tuple(range(8)), nb)
     out = np.empty((nb, 110), np.uint8)
-    out[:, :32] = np.bitwise_or.reduce(hm, axis=1)
-    out[:, 32:96] = _pack_2bit(Lr)
+    out[:, :32] = np.bitwise_or.reduce(high.reshape(nb, 8, 4), axis=1).view(np.uint8)
+    out[:, 32:96] = _pack_2bit((w & _M2).view(np.uint8))
     out[:, 96:108] = sbytes
     put_u16(out, 108, d)
     return out
