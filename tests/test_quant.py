@@ -238,6 +238,24 @@ def test_k_quant_blocks_with_inf_nan_and_zero_scales_dequantize_as_ggml_does(t, 
     assert_same_floats(dequantize(q, t, (n,)), ggml_quant.dequantize(int(t), q, n))
 
 
+@pytest.mark.parametrize("t", sorted(K_QUANTS | {G.Q8_K}), ids=lambda t: t.name)
+def test_k_quant_dequantize_is_the_same_for_any_chunk_size_and_output_layout(t):
+    # 1100 blocks: more than one default chunk (1024 blocks), so both the cached and the
+    # broadcast shift patterns of kquants run; dequantize_into must honour a strided output.
+    from gguflite.quant import CODECS
+
+    q = random_blocks(t, 1100, 9)
+    whole = dequantize(q, t, (1100 * 256,), chunk_elements=1 << 20)
+    assert_same_floats(dequantize(q, t, (1100 * 256,), chunk_elements=3 * 256), whole)
+    assert_same_floats(dequantize(q, t, (1100 * 256,)), whole)
+    if t != G.Q8_K:
+        assert_same_floats(whole, ggml_quant.dequantize(int(t), q, 1100 * 256))
+    strided = np.full((5, 512), 7.0, np.float32)
+    CODECS[t].dequantize_into(q[:5], strided[:, ::2])
+    assert_same_floats(strided[:, ::2], whole[: 5 * 256].reshape(5, 256))
+    assert (strided[:, 1::2] == 7.0).all()
+
+
 def test_q8_k_blocks_with_inf_nan_and_zero_scales_dequantize_as_ggml_does():
     f, base = _ggml_base_q8_k()
     q = random_blocks(G.Q8_K, 8, 8)

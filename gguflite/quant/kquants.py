@@ -440,15 +440,26 @@ def _f16(q: np.ndarray, offset: int) -> np.ndarray:
     return _words(q, offset, offset + 2, "<u2")[:, 0].view(np.float16).astype(F32)
 
 
-@functools.lru_cache(maxsize=16)
-def _shifts(per_run: tuple[int, ...], n_blocks: int) -> np.ndarray:
-    """Shift counts (n_blocks, 4 * len(per_run)) uint64: ``per_run[r]`` for the 4 words of
-    every 32-byte run ``r`` of a block.  Cached (read-only): chunks repeat the same sizes, and
-    a full-size operand is twice as fast as a broadcast (1, 32) row."""
+_PATTERN_ROWS = 1024  # blocks per cached shift pattern: a default chunk (256 Ki floats)
+
+
+@functools.lru_cache(maxsize=None)
+def _shift_rows(per_run: tuple[int, ...]) -> np.ndarray:
     row = np.repeat(np.array(per_run, np.uint64), 4)
-    a = np.tile(row, (n_blocks, 1))
+    a = np.tile(row, (_PATTERN_ROWS, 1))
     a.flags.writeable = False
     return a
+
+
+def _shifts(per_run: tuple[int, ...], n_blocks: int) -> np.ndarray:
+    """Shift counts (n_blocks, 4 * len(per_run)) uint64: ``per_run[r]`` for the 4 words of
+    every 32-byte run ``r`` of a block.  A full-size operand is about twice as fast as a
+    broadcast (1, 32) row, so up to ``_PATTERN_ROWS`` blocks it is a slice of a cached
+    read-only array (a handful of 256 KB constants); beyond that, a broadcast view."""
+    rows = _shift_rows(per_run)
+    if n_blocks <= _PATTERN_ROWS:
+        return rows[:n_blocks]
+    return np.broadcast_to(rows[0], (n_blocks, rows.shape[1]))
 
 
 def _runs(w: np.ndarray, times: int) -> np.ndarray:
@@ -483,19 +494,24 @@ def _times(d: np.ndarray, s: np.ndarray) -> np.ndarray:
         return np.multiply(np.repeat(d, s.shape[1]), s.reshape(-1), dtype=F32)
 
 
-def _k4_scales_mins(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``get_scale_min_k4`` for j = 0..7 from the 12 bytes at offset 4: scales, mins (nb, 8)
-    uint8, computed four at a time on 32-bit words."""
-    w = _words(q, 4, 16, "<u4")
-    w0, w1, w2 = w[:, 0], w[:, 1], w[:, 2]
+def _k4_dl_ml(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``d1 = d * sc`` and ``m1 = dmin * m`` (nb, 8) float32 of Q4_K/Q5_K.
+
+    ``get_scale_min_k4`` for j = 0..7 runs four bytes at a time on the three 32-bit words of
+    the 12 scale bytes; scales and mins land side by side in one (nb, 16) byte array that a
+    single multiply by [d x8, dmin x8] turns into floats."""
+    w = _words(q, 0, 16, "<u4")  # d|dmin, then the 12 scale bytes
+    w0, w1, w2 = w[:, 1], w[:, 2], w[:, 3]
     m6, m4, m2 = np.uint32(0x3F3F3F3F), np.uint32(0x0F0F0F0F), np.uint32(0x30303030)
-    sc = np.empty((q.shape[0], 2), np.uint32)
-    mn = np.empty((q.shape[0], 2), np.uint32)
-    np.bitwise_and(w0, m6, out=sc[:, 0])
-    np.bitwise_and(w1, m6, out=mn[:, 0])
-    np.bitwise_or(w2 & m4, (w0 >> 2) & m2, out=sc[:, 1])  # low 4 bits | top 2 bits of byte j-4
-    np.bitwise_or((w2 >> 4) & m4, (w1 >> 2) & m2, out=mn[:, 1])
-    return sc.view(np.uint8), mn.view(np.uint8)
+    sm = np.empty((q.shape[0], 4), np.uint32)  # scales 0-3, 4-7, mins 0-3, 4-7
+    np.bitwise_and(w0, m6, out=sm[:, 0])
+    np.bitwise_and(w1, m6, out=sm[:, 2])
+    np.bitwise_or(w2 & m4, (w0 >> 2) & m2, out=sm[:, 1])  # low 4 bits | top 2 bits of byte j-4
+    np.bitwise_or((w2 >> 4) & m4, (w1 >> 2) & m2, out=sm[:, 3])
+    dd = np.repeat(_words(q, 0, 4, "<u2").view("<f2").astype(F32), 8, axis=1)  # (nb, 16)
+    with np.errstate(invalid="ignore", over="ignore"):
+        f = np.multiply(dd, sm.view(np.uint8), dtype=F32)
+    return f[:, :8], f[:, 8:]
 
 
 def _q4_nibbles(q: np.ndarray, offset: int) -> np.ndarray:
@@ -507,18 +523,17 @@ def _q4_nibbles(q: np.ndarray, offset: int) -> np.ndarray:
 
 def dequantize_q4_k_into(q: np.ndarray, out: np.ndarray) -> None:
     """``d1 * (q & 0xF) - m1`` (d1 = d * sc, m1 = dmin * m per 32) written into ``out``."""
-    sc, mn = _k4_scales_mins(q)
-    codes = _q4_nibbles(q, 16)
-    _scaled_into(out, codes.view(np.uint8), _times(_f16(q, 0), sc), _times(_f16(q, 2), mn), 32)
+    dl, ml = _k4_dl_ml(q)
+    _scaled_into(out, _q4_nibbles(q, 16).view(np.uint8), dl, ml, 32)
 
 
 def dequantize_q5_k_into(q: np.ndarray, out: np.ndarray) -> None:
     """``d1 * ((ql & 0xF) + (qh & u1 ? 16 : 0)) - m1`` written into ``out`` (nb, 256)."""
-    sc, mn = _k4_scales_mins(q)
+    dl, ml = _k4_dl_ml(q)
     codes = _q4_nibbles(q, 48)
     qh = _runs(_words(q, 16, 48).reshape(-1, 1, 4), 8)  # (nb, 32) words: qh in all 8 runs
     codes |= ((qh >> _shifts(tuple(range(8)), q.shape[0])) & _M1) << np.uint64(4)
-    _scaled_into(out, codes.view(np.uint8), _times(_f16(q, 0), sc), _times(_f16(q, 2), mn), 32)
+    _scaled_into(out, codes.view(np.uint8), dl, ml, 32)
 
 
 def dequantize_q6_k_into(q: np.ndarray, out: np.ndarray) -> None:
