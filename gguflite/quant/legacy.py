@@ -34,13 +34,10 @@ from ..types import GGMLType
 from ._common import (
     F32,
     Codec,
-    cvtt_i32,
     fold_max_abs,
     into_codec,
     f32_to_f16_bits,
     nan_ignoring,
-    roundf,
-    safe_inv,
 )
 
 _FLT_MAX = F32(np.finfo(np.float32).max)
@@ -159,10 +156,10 @@ def _qh_from_lanes(b: np.ndarray) -> np.ndarray:
 
 
 def _put_lanes(out: np.ndarray, offset: int, packed: np.ndarray) -> None:
-    """Packed (4, 4n) bytes (lane k: bytes 4k..4k+3 of each block) → ``out[:, offset:offset+16]``."""
-    dst = out[:, offset : offset + 16].view("V4")  # (n, 4)
-    src = packed.view("V4")  # (4, n)
-    for k in range(4):
+    """Byte lanes (k, 4n) (lane k: bytes 4k..4k+3 of each block) → ``out[:, offset:offset+4k]``."""
+    dst = out[:, offset : offset + 4 * packed.shape[0]].view("V4")  # (n, k)
+    src = packed.view("V4")  # (k, n)
+    for k in range(packed.shape[0]):
         dst[:, k] = src[k]
 
 
@@ -365,20 +362,41 @@ def dequantize_q5_1_into(q: np.ndarray, out: np.ndarray) -> None:
 # --------------------------------------------------------------------------- Q8_0 / Q8_1
 
 
+_HALF_DOWN_BITS = np.uint32(F32(0.49999997).view(np.uint32))  # nextafter(0.5f, 0)
+_SIGN = np.uint32(0x80000000)
+
+
 def _quantize_q8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``amax = MAX(amax, fabsf(v)); d = amax/127; q = roundf(x*id)`` → (d float32, q int8)."""
-    d = fold_max_abs(x) / F32(127)
-    idd = safe_inv(d)
-    with np.errstate(invalid="ignore"):
-        r = roundf(x * idd[:, None])
-    return d, cvtt_i32(r).astype(np.int8)
+    """``amax = MAX(amax, fabsf(v)); d = amax/127; q = roundf(x*id)`` → (d float32 (n,),
+    q int8 lanes (8, 4n)).
+
+    ``roundf`` (half away from zero) is ``trunc(v + copysign(0.49999997f, v))``, exact for
+    every float32 (see ``_common.roundf``); the copysign is done on the bits (numpy's
+    ``copysign`` is slow).  Blocks with a NaN take ``fold_max_abs``, C's NaN-order-dependent
+    ``MAX`` fold."""
+    with np.errstate(**_QUIET):
+        lanes = _lanes(x)
+        work = np.abs(lanes)
+        part = np.maximum.reduce(work, axis=0)  # (4n,), NaN-propagating
+        amax = np.maximum.reduce(part.reshape(-1, 4).T.copy(), axis=0)
+        bad = np.isnan(amax)
+        if bad.any():
+            amax[bad] = fold_max_abs(x[bad])
+        d = amax / F32(127)
+        np.multiply(lanes, _repeat4(_inv(d)), out=lanes)  # x0 = x*id
+        w, v = work.view(np.uint32), lanes.view(np.uint32)
+        np.bitwise_and(v, _SIGN, out=w)
+        np.bitwise_or(w, _HALF_DOWN_BITS, out=w)  # copysign(0.49999997f, x0)
+        np.add(lanes, work, out=lanes)
+        np.trunc(lanes, out=lanes)
+        return d, lanes.astype(np.int8)  # (int8_t) roundf(x0): the low byte of the truncation
 
 
 def quantize_q8_0(x: np.ndarray) -> np.ndarray:
     d, q = _quantize_q8(x)
     out = np.empty((x.shape[0], 34), np.uint8)
     _put_f16(out, 0, f32_to_f16_bits(d))
-    out[:, 2:] = q.view(np.uint8)
+    _put_lanes(out, 2, q.view(np.uint8))
     return out
 
 
@@ -389,12 +407,12 @@ def dequantize_q8_0_into(q: np.ndarray, out: np.ndarray) -> None:
 
 def quantize_q8_1(x: np.ndarray) -> np.ndarray:
     d, q = _quantize_q8(x)
-    s = q.astype(np.int32).sum(axis=1)  # int sum: order does not matter
+    s = np.add.reduce(q, axis=0, dtype=np.int32).reshape(-1, 4).sum(axis=1)  # int sum: any order
     out = np.empty((x.shape[0], 36), np.uint8)
     _put_f16(out, 0, f32_to_f16_bits(d))
     with np.errstate(invalid="ignore"):
         _put_f16(out, 2, f32_to_f16_bits(s.astype(F32) * d))  # sum*d
-    out[:, 4:] = q.view(np.uint8)
+    _put_lanes(out, 4, q.view(np.uint8))
     return out
 
 
