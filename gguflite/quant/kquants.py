@@ -46,8 +46,7 @@ def _rint_clamp(v: np.ndarray, lo: int, hi: int) -> np.ndarray:
 
     The bit trick itself (add 1.5*2^23, keep the low 23 bits) on all values: exact as in C for
     inf, NaN and huge values too, and cheaper than rounding in float and fixing those up."""
-    with np.errstate(invalid="ignore", over="ignore"):
-        i = (v + _MAGIC).view(np.int32)
+    i = (v + _MAGIC).view(np.int32)  # callers hold np.errstate for inf/NaN
     i &= 0x007FFFFF
     np.clip(i, 0x00400000 + lo, 0x00400000 + hi, out=i)
     i -= 0x00400000
@@ -160,40 +159,56 @@ def make_q3_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
         L = _rint_clamp(iscale * x, -nmax, nmax - 1)
         w = x * x
         wx = w * x
-        sumlx = seqsum(wx * L, axis=0)
-        suml2 = seqsum(w * L * L, axis=0)
+        wxl = wx * L  # (w*x)*L and (w*L)*L of the current L, kept up to date below
+        wll = w * L
+        wll *= L
+        sumlx = seqsum(wxl, axis=0)
+        suml2 = seqsum(wll, axis=0)
         # The passes run on the columns still changing, gathered: C's ``if (!n_changed)
         # break`` stops most sub-blocks after the first pass (about 1 in 5 goes on).
-        idx = np.flatnonzero(~zero)
-        if idx.size == x.shape[1]:  # no all-zero sub-block: work in place
-            idx = slice(None)
-            xa, wa, wxa, La, sxa, s2a = x, w, wx, L, sumlx, suml2
+        cols = np.flatnonzero(~zero)
+        if cols.size == x.shape[1]:  # no all-zero sub-block: work in place
+            cols = np.arange(x.shape[1])
+            xa, wa, wxa, La, wxla, wlla, sxa, s2a = x, w, wx, L, wxl, wll, sumlx, suml2
         else:
-            xa, wa, wxa, La = x[:, idx], w[:, idx], wx[:, idx], L[:, idx]
-            sxa, s2a = sumlx[idx], suml2[idx]
+            xa, wa, wxa, La, wxla, wlla = (np.take(a, cols, axis=1) for a in (x, w, wx, L, wxl, wll))
+            sxa, s2a = sumlx[cols], suml2[cols]
         for _ in range(5):
             changed = np.zeros(sxa.size, bool)
             for i in range(n):
-                slx = sxa - wxa[i] * La[i]
-                sl2 = s2a - wa[i] * La[i] * La[i]
-                new_l = _rint_clamp(xa[i] * sl2 / slx, -nmax, nmax - 1)
-                ok = (slx > 0) & (new_l != La[i])
-                slx2 = slx + wxa[i] * new_l
-                sl22 = sl2 + wa[i] * new_l * new_l
-                ok &= (sl22 > 0) & (slx2 * slx2 * s2a > sxa * sxa * sl22)
+                slx = sxa - wxla[i]
+                sl2 = s2a - wlla[i]
+                t = xa[i] * sl2
+                t /= slx
+                new_l = _rint_clamp(t, -nmax, nmax - 1)
+                ok = slx > 0
+                ok &= new_l != La[i]
+                a = wxa[i] * new_l
+                slx2 = slx + a
+                b = wa[i] * new_l
+                b *= new_l
+                sl22 = sl2 + b
+                ok &= sl22 > 0
+                lhs = slx2 * slx2
+                lhs *= s2a
+                rhs = sxa * sxa
+                rhs *= sl22
+                ok &= lhs > rhs
                 if ok.any():
                     np.copyto(La[i], new_l, where=ok)
+                    np.copyto(wxla[i], a, where=ok)
+                    np.copyto(wlla[i], b, where=ok)
                     np.copyto(sxa, slx2, where=ok)
                     np.copyto(s2a, sl22, where=ok)
                     changed |= ok
             if La is not L:
-                L[:, idx], sumlx[idx], suml2[idx] = La, sxa, s2a
+                L[:, cols], sumlx[cols], suml2[cols] = La, sxa, s2a
             keep = np.flatnonzero(changed)
             if keep.size == 0:
                 break
             if keep.size < changed.size:
-                idx = np.arange(x.shape[1])[idx][keep]
-                xa, wa, wxa, La = xa[:, keep], wa[:, keep], wxa[:, keep], La[:, keep]
+                cols = cols[keep]
+                xa, wa, wxa, La, wxla, wlla = (np.take(a, keep, axis=1) for a in (xa, wa, wxa, La, wxla, wlla))
                 sxa, s2a = sxa[keep], s2a[keep]
         scale = np.where(suml2 > 0, sumlx / np.where(suml2 > 0, suml2, F32(1)), F32(0))
     return np.where(zero, F32(0), scale), np.where(zero, F32(0), L + F32(nmax))
