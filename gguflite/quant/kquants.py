@@ -391,7 +391,6 @@ def quantize_q3_k(x: np.ndarray) -> np.ndarray:
     nb = x.shape[0]
     scales, L = make_q3_quants(_sub(x, 16), 4)
     scales = scales.reshape(nb, 16)
-    L_first = np.ascontiguousarray(L.astype(np.uint8).T).reshape(nb, 256)
     amax, max_scale = first_abs_max(scales)
     nz = max_scale != 0
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
@@ -409,10 +408,11 @@ def quantize_q3_k(x: np.ndarray) -> np.ndarray:
         dl = f16_bits_to_f32(d)[:, None] * sc.astype(F32)
         dz = dl == 0  # C: ``if (!d) continue`` keeps make_q3_quants' L
         new = _rint_clamp(x.reshape(-1) / np.repeat(np.where(dz, F32(1), dl), 16), -4, 3)
-    L = (new + F32(4)).astype(np.uint8).reshape(nb, 256)
+    Lq = (new + F32(4)).astype(np.uint8).reshape(nb, 256)
     if dz.any():
         keep = np.repeat(dz, 16, axis=1)
-        L[keep] = L_first[keep]
+        Lq[keep] = L.T.reshape(nb, 256)[keep]
+    L = Lq
     # hmask[m] bit k <- the high bit (bit 2) of L[32*k + m]; qs gets the low 2 bits
     w = L.view("<u8")  # (nb, 32): 8 runs of 32 values
     high = ((w >> np.uint64(2)) & _M1) << _shifts(tuple(range(8)), nb)
