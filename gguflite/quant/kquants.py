@@ -452,7 +452,7 @@ def _words(q: np.ndarray, start: int, stop: int, dtype: str = "<u8") -> np.ndarr
 
 def _f16(q: np.ndarray, offset: int) -> np.ndarray:
     """The fp16 field at byte ``offset`` of each block as float32 (nb,)."""
-    return _words(q, offset, offset + 2, "<u2")[:, 0].view(np.float16).astype(F32)
+    return _words(q, offset, offset + 2, "<u2")[:, 0].view("<f2").astype(F32)
 
 
 _PATTERN_ROWS = 1024  # blocks per cached shift pattern: a default chunk (256 Ki floats)
@@ -460,6 +460,7 @@ _PATTERN_ROWS = 1024  # blocks per cached shift pattern: a default chunk (256 Ki
 
 @functools.lru_cache(maxsize=None)
 def _shift_rows(per_run: tuple[int, ...]) -> np.ndarray:
+    """The read-only (``_PATTERN_ROWS``, 4 * len(per_run)) pattern behind ``_shifts``."""
     row = np.repeat(np.array(per_run, np.uint64), 4)
     a = np.tile(row, (_PATTERN_ROWS, 1))
     a.flags.writeable = False
@@ -488,7 +489,7 @@ def _scaled_into(out: np.ndarray, codes: np.ndarray, dl: np.ndarray, ml: np.ndar
     """``out[e] = dl[e // sub] * codes[e] - ml[e // sub]`` (no ``- ml`` when None), float32.
 
     ``out`` (nb, 256); ``codes`` (nb, 256) uint8/int8 in output order; ``dl``, ``ml``
-    (nb * 256 // sub,) float32, one per sub-block."""
+    float32 of any shape holding one value per sub-block, in order (nb * 256 // sub)."""
     if not out.flags.c_contiguous:
         tmp = np.empty(out.shape, F32)
         _scaled_into(tmp, codes, dl, ml, sub)
