@@ -142,6 +142,20 @@ def test_legacy_quantizers_match_ggml_on_special_blocks(t, n_blocks):
     assert np.array_equal(quantize(rolled, t), ggml_quantize(t, rolled))
 
 
+@pytest.mark.parametrize("t", [t for t in LEGACY if t != G.Q8_1], ids=lambda t: t.name)
+def test_legacy_codecs_read_strided_blocks_and_write_strided_outputs(t):
+    from gguflite.quant import CODECS
+
+    q = ggml_quantize(t, special_blocks()).reshape(-1, TYPE_TRAITS[t].type_size)
+    want = ggml_quant.dequantize(int(t), q, q.shape[0] * 32).reshape(-1, 32)
+    wide = np.zeros((q.shape[0], 2 * q.shape[1]), np.uint8)
+    wide[:, ::2] = q  # blocks whose bytes are not adjacent
+    assert_same_floats(CODECS[t].dequantize(wide[:, ::2]), want)
+    out = np.zeros((q.shape[0], 64), np.float32)
+    CODECS[t].dequantize_into(q, out[:, ::2])  # an output whose floats are not adjacent
+    assert_same_floats(np.ascontiguousarray(out[:, ::2]), want)
+
+
 @pytest.mark.parametrize("t", [G.Q8_0, G.Q4_K], ids=lambda t: t.name)
 def test_small_chunks_give_the_same_bytes_as_one_chunk(t):
     x = np.random.default_rng(1).standard_normal((5, 512)).astype(np.float32)

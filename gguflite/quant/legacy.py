@@ -12,19 +12,24 @@ comments quote the C expression each line reproduces.  Layouts (bytes):
 
 Speed.  A numpy operation on an (n_blocks, 32) array whose rows are not contiguous, or that
 broadcasts a per-block value, runs one inner loop per block row: a few ns of overhead per
-32 values, more than the arithmetic.  So the 4- and 5-bit codecs avoid such operations:
+32 values, more than the arithmetic.  So these codecs avoid such operations:
 
 * the quantizers work in a *lane* layout (``_lanes``): the chunk transposed in 16-byte
   units, (8, 4n) float32, lane k holding elements 4k..4k+3 of every block.  Per-block
-  reductions are then 7 whole-lane operations, the per-block scale a whole-lane multiply by
+  reductions are then whole-lane operations, the per-block scale a whole-lane multiply by
   a 4x repeated vector, and the low (elements 0..15) and high (16..31) nibbles are lanes
-  0..3 and 4..7, so packing is one operation on 8-byte words;
+  0..3 and 4..7, so packing is one operation on 8-byte words; the byte lanes go back into
+  the blocks with four (Q8: eight) 4-byte-unit copies;
 * the dequantizers unpack nibbles on 8-byte words of the contiguous ``qs`` bytes, place
   them with 16-byte-unit copies, and scale with whole-array passes over a 32x repeated
-  ``d`` (and ``m``).
+  ``d`` (and ``m``);
+* fields are read and written through views of structured widths (``"V16"``, ``"<u2"``,
+  ``"<u4"``): one strided 1-D copy instead of a 2-D one.  Few numpy calls per chunk
+  matters too: each costs about a microsecond.
 
-Block fields are read and written through views of structured widths (``"V16"``, ``"<f2"``,
-``"<u4"``): one strided 1-D copy instead of a 2-D one.
+Exactness is unchanged: every float step is the C step in float32 in the C order; the
+special rows (NaN, ties between +a and -a, signed zeros) that the fast reductions cannot
+order take the exact per-row loops (``_abs_max_exact``, ``_min_max_exact``, ``fold_max_abs``).
 """
 from __future__ import annotations
 
@@ -44,6 +49,8 @@ _FLT_MAX = F32(np.finfo(np.float32).max)
 # GGML_FP16_TO_FP32 of every fp16 bit pattern (ggml keeps the same table): a gather is 2-3x
 # faster than numpy's float16 -> float32 cast, which converts one value at a time
 _F16_TO_F32 = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(F32)
+# inf and NaN values are legitimate (handled as in C): no warnings for their arithmetic
+_QUIET = dict(over="ignore", invalid="ignore", divide="ignore")
 _LO4 = np.uint64(0x0F0F0F0F0F0F0F0F)  # the low nibble of each byte of an 8-byte word
 _HI4 = np.uint64(0xF0F0F0F0F0F0F0F0)
 
@@ -239,10 +246,6 @@ def _inv(d: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- Q4_0 / Q5_0 / Q4_1 / Q5_1 quantize
 
 
-# inf and NaN inputs are legitimate (handled as in C): no warnings for their arithmetic
-_QUIET = dict(over="ignore", invalid="ignore", divide="ignore")
-
-
 def _quantize_sym(x: np.ndarray, div: float, bias: float, qmax: int) -> tuple[np.ndarray, np.ndarray]:
     """Q4_0/Q5_0: ``d = max / -div; q = MIN(qmax, (int8_t)(x*id + bias))`` → (d bits (n,),
     q uint8 lanes (8, 4n))."""
@@ -333,9 +336,10 @@ def _scale_into(z: np.ndarray, out: np.ndarray, d: np.ndarray, m: np.ndarray | N
     only ``+ m`` rounds, as in C."""
     flat = out.reshape(-1) if out.flags.c_contiguous else np.empty(out.size, F32)
     np.copyto(flat, z.reshape(-1), casting="unsafe")
-    np.multiply(flat, np.repeat(d, 32), out=flat)
-    if m is not None:
-        np.add(flat, np.repeat(m, 32), out=flat)
+    with np.errstate(**_QUIET):  # inf/NaN scales in the data give inf/NaN, as in C
+        np.multiply(flat, np.repeat(d, 32), out=flat)
+        if m is not None:
+            np.add(flat, np.repeat(m, 32), out=flat)
     if not out.flags.c_contiguous:
         out[...] = flat.reshape(out.shape)
 
@@ -413,7 +417,8 @@ def quantize_q8_0(x: np.ndarray) -> np.ndarray:
 
 def dequantize_q8_0_into(q: np.ndarray, out: np.ndarray) -> None:
     q = _rows(q)
-    np.multiply(q[:, 2:].view(np.int8), _f16(q, 0), out=out)  # qs[j]*d, exact
+    with np.errstate(**_QUIET):
+        np.multiply(q[:, 2:].view(np.int8), _f16(q, 0), out=out)  # qs[j]*d, exact
 
 
 def quantize_q8_1(x: np.ndarray) -> np.ndarray:
@@ -429,7 +434,8 @@ def quantize_q8_1(x: np.ndarray) -> np.ndarray:
 
 def dequantize_q8_1(q: np.ndarray) -> np.ndarray:
     q = _rows(q)  # s is redundant (d * sum(q)); ggml's to_float ignores it too
-    return q[:, 4:].view(np.int8) * _f16(q, 0)
+    with np.errstate(**_QUIET):
+        return q[:, 4:].view(np.int8) * _f16(q, 0)
 
 
 CODECS: dict[int, Codec] = {
