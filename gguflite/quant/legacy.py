@@ -155,7 +155,9 @@ def _qh_from_lanes(b: np.ndarray) -> np.ndarray:
     np.bitwise_and(bits, one, out=bits)  # 0/1 per byte
     # the 4 bytes (r = 0..3) of a block in a lane as one little-endian word; the multiply
     # moves byte r's bit 0 (bit 8r) to bit 24 + r, without carries (all products distinct)
-    v = np.ascontiguousarray(bits.view(np.uint8)).view("<u4").astype(np.uint32)  # (8, n)
+    v = bits.view(np.uint8).view("<u4")  # (8, n)
+    if v.dtype != np.uint32:  # a big-endian machine
+        v = v.astype(np.uint32)
     np.multiply(v, np.uint32(0x01020408), out=v)
     np.right_shift(v, np.uint32(24), out=v)  # (8, n): 4 bits of lane k
     np.left_shift(v, (4 * np.arange(8, dtype=np.uint32))[:, None], out=v)
