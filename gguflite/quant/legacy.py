@@ -382,24 +382,29 @@ def _quantize_q8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``amax = MAX(amax, fabsf(v)); d = amax/127; q = roundf(x*id)`` → (d float32 (n,),
     q int8 lanes (8, 4n)).
 
+    ``amax`` is ``max(hi, -lo)`` of the block max and min (+0.0 for zero blocks, as C's fold
+    from 0); blocks with a NaN take ``fold_max_abs``, C's NaN-order-dependent ``MAX`` fold.
     ``roundf`` (half away from zero) is ``trunc(v + copysign(0.49999997f, v))``, exact for
-    every float32 (see ``_common.roundf``); the copysign is done on the bits (numpy's
-    ``copysign`` is slow).  Blocks with a NaN take ``fold_max_abs``, C's NaN-order-dependent
-    ``MAX`` fold."""
+    every float32 (see ``_common.roundf``), with the copysign done on the bits (numpy's
+    ``copysign`` is slow), half the lanes at a time: few and small temporaries."""
     with np.errstate(**_QUIET):
         lanes = _lanes(x)
-        work = np.abs(lanes)
-        part = np.maximum.reduce(work, axis=0)  # (4n,), NaN-propagating
-        amax = np.maximum.reduce(part.reshape(-1, 4).T.copy(), axis=0)
+        hi, lo = _block_max_min(lanes)
+        np.negative(lo, out=lo)
+        amax = np.maximum(hi, lo)  # NaN-propagating
+        amax += F32(0)  # -0.0 -> +0.0
         bad = np.isnan(amax)
         if bad.any():
             amax[bad] = fold_max_abs(x[bad])
         d = amax / F32(127)
         np.multiply(lanes, _repeat4(_inv(d)), out=lanes)  # x0 = x*id
-        w, v = work.view(np.uint32), lanes.view(np.uint32)
-        np.bitwise_and(v, _SIGN, out=w)
-        np.bitwise_or(w, _HALF_DOWN_BITS, out=w)  # copysign(0.49999997f, x0)
-        np.add(lanes, work, out=lanes)
+        work = np.empty((4, lanes.shape[1]), F32)
+        w = work.view(np.uint32)
+        for half in (lanes[:4], lanes[4:]):
+            np.bitwise_and(half.view(np.uint32), _SIGN, out=w)
+            np.bitwise_or(w, _HALF_DOWN_BITS, out=w)  # copysign(0.49999997f, x0)
+            np.add(half, work, out=half)
+        del work, w
         np.trunc(lanes, out=lanes)
         return d, lanes.astype(np.int8)  # (int8_t) roundf(x0): the low byte of the truncation
 
