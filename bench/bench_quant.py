@@ -19,6 +19,10 @@ import numpy as np
 from bench import report
 
 DEFAULT_TYPES = ["f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k", "q2_k", "q3_k"]
+# types timed for dequantize only: the IQ types (gguflite.quant does not quantize them; ggml
+# needs an importance matrix for some) and the small ternary / FP4 types
+DEQUANT_ONLY_TYPES = ["iq4_nl", "iq4_xs", "iq3_xxs", "iq3_s", "iq2_xxs", "iq2_xs", "iq2_s", "iq1_s", "iq1_m",
+                      "tq1_0", "tq2_0", "mxfp4"]
 K_QUANTS = {"q2_k", "q3_k", "q4_k", "q5_k", "q6_k"}
 QUANT_TARGET = {"q8_0": 0.5, "q4_0": 0.5, "q4_k": 0.2, "q5_k": 0.2, "q6_k": 0.2, "q2_k": 0.2, "q3_k": 0.2}
 DEQUANT_TARGET = 0.5
@@ -53,12 +57,39 @@ def bench_type(name: str, x: np.ndarray, runs: int, cmd: str) -> list[report.Row
     ]
 
 
+def bench_dequantize_only(name: str, x: np.ndarray, runs: int, cmd: str) -> list[report.Row]:
+    """Dequantize throughput for a type outside the quantize table above.
+
+    ggml's quantizers for these types (IQ searches) run at a few Mfloat/s, so ggml quantizes
+    the first 1M floats (with a flat importance matrix where a type needs one) and the blocks
+    are repeated to the full size; dequantizing costs the same whatever the blocks hold."""
+    from gguflite.quant import dequantize
+    from gguflite.types import parse_type
+    from ggml_bind import quant as ggml
+
+    t = parse_type(name)
+    n = x.size
+    head = x[: max(1, (1 << 20) // x.shape[1])]
+    imatrix = np.ones(x.shape[1], np.float32) if name.startswith("iq") else None
+    one = ggml.quantize_chunk(int(t), head, imatrix=imatrix)
+    ref = np.tile(one, (-(-x.shape[0] // one.shape[0]), 1))[: x.shape[0]]  # (rows, row bytes)
+    if not np.array_equal(dequantize(ref[:64], t, (64, x.shape[1])), ggml.dequantize(int(t), ref[:64]).reshape(64, -1)):
+        raise AssertionError(f"{t.name}: gguflite and ggml dequantize differently; the benchmark would compare unlike work")
+    td_c = report.median_of(lambda: ggml.dequantize(int(t), ref, n), runs=runs, warmup=1)
+    td_p = report.median_of(lambda: dequantize(ref, t, x.shape), runs=runs, warmup=1)
+    mfl = n / 1e6
+    return [report.Row(f"dequantize {t.name}", mfl / td_p.median, mfl / td_c.median, "Mfloat/s", "higher", runs, 1,
+                       cmd, target=DEQUANT_TARGET)]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.bench_quant", description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", type=_parse_size, default=64 << 20, help="floats per type (default 64M)")
     ap.add_argument("--runs", type=int, default=3, help="runs per measurement for the fast types")
     ap.add_argument("--k-runs", type=int, default=1, help="runs per measurement for the K-quants (slow)")
     ap.add_argument("--types", default=",".join(DEFAULT_TYPES), help="comma-separated types")
+    ap.add_argument("--dequantize-only", default=",".join(DEQUANT_ONLY_TYPES),
+                    help="comma-separated types timed for dequantize only (\"\" for none)")
     ap.add_argument("--no-doc", action="store_true", help="do not update docs/BENCHMARKS.md")
     args = ap.parse_args(argv)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -79,6 +110,11 @@ def main(argv=None) -> int:
     for name in [s.strip().lower() for s in args.types.split(",") if s.strip()]:
         runs = args.k_runs if name in K_QUANTS else args.runs
         got = bench_type(name, x, runs, cmd)
+        for r in got:
+            print(f"{r.what:16s} ours {r.ours:8.1f} ggml {r.peer:8.1f} Mfloat/s  ratio {r.ours / r.peer:.2f}", flush=True)
+        out += got
+    for name in [s.strip().lower() for s in args.dequantize_only.split(",") if s.strip()]:
+        got = bench_dequantize_only(name, x, args.runs, cmd)
         for r in got:
             print(f"{r.what:16s} ours {r.ours:8.1f} ggml {r.peer:8.1f} Mfloat/s  ratio {r.ours / r.peer:.2f}", flush=True)
         out += got
