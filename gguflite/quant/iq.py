@@ -32,9 +32,12 @@ import numpy as np
 
 from ..types import GGMLType
 from . import grids as _grids
-from ._common import F32, Codec, f16_bits_to_f32, le_f16
+from ._common import F32, into_codec
+from .legacy import _F16_TO_F32
 
 _IQ1S_DELTA = _grids.IQ1S_DELTA  # ggml-common.h: #define IQ1S_DELTA 0.125f
+# inf and NaN scales are legitimate (decoded as C decodes them): no warnings
+_QUIET = dict(over="ignore", invalid="ignore")
 
 
 def _ksigns() -> np.ndarray:
@@ -50,147 +53,208 @@ def _bits_to_signs(b: np.ndarray) -> np.ndarray:
     return np.where(bits != 0, F32(-1), F32(1))
 
 
-class _Tables(NamedTuple):
-    """The codebooks as float32 and the sign patterns as ±1, for one ``Grids``."""
+def _rows_of(v: np.ndarray) -> np.ndarray:
+    """float32 (..., w) → a 1-D array of ``"V<4w>"`` rows, the unit ``take`` gathers."""
+    v = np.ascontiguousarray(v, dtype=F32)
+    w = v.shape[-1]
+    return v.reshape(-1, w).view(f"V{4 * w}")[:, 0]
 
-    iq2xxs: np.ndarray  # (256, 8)
-    iq2xs: np.ndarray  # (512, 8)
-    iq2s: np.ndarray  # (1024, 8)
-    iq3xxs: np.ndarray  # (256, 4)
-    iq3s: np.ndarray  # (512, 4)
-    iq1s: np.ndarray  # (4096, 8): grid + IQ1S_DELTA, then grid - IQ1S_DELTA (C's float sum)
-    ksigns: np.ndarray  # (128, 8): sign index → 8 signs
-    bytesigns: np.ndarray  # (256, 8): sign byte → 8 signs
+
+def _packed(v: np.ndarray, dtype) -> np.ndarray:
+    """Small per-key tables (keys, k) → 1-D array of one ``k * itemsize``-byte word per key."""
+    v = np.ascontiguousarray(v, dtype=dtype)
+    return v.view(f"V{v.shape[1] * v.itemsize}")[:, 0]
+
+
+class _Tables(NamedTuple):
+    """Signed codebook rows (float32, as ``"V32"``/``"V16"`` 1-D arrays) for one ``Grids``."""
+
+    iq2xxs: np.ndarray  # [grid 256][sign index 128]: 8 values
+    iq2xs: np.ndarray  # [sign index 128][grid 512]: 8 values (the index is IQ2_XS's u16 itself)
+    iq2s: np.ndarray  # [grid 1024][half 2][sign nibble 16]: 4 values
+    iq3xxs: np.ndarray  # [grid 256][sign nibble 16]: 4 values
+    iq3s: np.ndarray  # [grid 512][sign nibble 16]: 4 values
+    iq1s: np.ndarray  # [delta sign 2][grid 2048]: grid + IQ1S_DELTA, grid - IQ1S_DELTA (8 values)
 
 
 @functools.lru_cache(maxsize=2)
 def _tables_of(g: _grids.Grids) -> _Tables:
-    f = {name: getattr(g, name).astype(F32) for name, *_ in _grids.GRID_SPECS}
-    f["iq1s"] = np.concatenate([f["iq1s"] + _IQ1S_DELTA, f["iq1s"] - _IQ1S_DELTA])
-    return _Tables(**f, ksigns=_bits_to_signs(_ksigns()), bytesigns=_bits_to_signs(np.arange(256, dtype=np.uint8)))
+    ks = _bits_to_signs(_ksigns())  # (128, 8)
+    nib = _bits_to_signs(np.arange(16, dtype=np.uint8))[:, :4]  # (16, 4): sign nibble → 4 signs
+    iq2s = g.iq2s.astype(F32).reshape(1024, 2, 1, 4)
+    iq1s = g.iq1s.astype(F32)
+    return _Tables(
+        iq2xxs=_rows_of(g.iq2xxs.astype(F32)[:, None, :] * ks[None]),
+        iq2xs=_rows_of(g.iq2xs.astype(F32)[None, :, :] * ks[:, None]),
+        iq2s=_rows_of(iq2s * nib[None, None]),
+        iq3xxs=_rows_of(g.iq3xxs.astype(F32)[:, None, :] * nib[None]),
+        iq3s=_rows_of(g.iq3s.astype(F32)[:, None, :] * nib[None]),
+        iq1s=_rows_of(np.concatenate([iq1s + _IQ1S_DELTA, iq1s - _IQ1S_DELTA])),
+    )
 
 
 def _tables() -> _Tables:
     return _tables_of(_grids.load())
 
 
-def _u32(q: np.ndarray) -> np.ndarray:
-    """Little-endian uint32 words of the byte columns ``q`` (n, 4k) → (n, k)."""
-    return np.ascontiguousarray(q).view("<u4").astype(np.uint32)
+# --------------------------------------------------------------------------- small lookup tables
+
+_B = np.arange(256)
+_S16 = np.arange(16)
+_F_IQ2 = (F32(0.5) + _S16.astype(F32)) * F32(0.25)  # (0.5f + s) * 0.25f, exact
+_F_IQ3XXS = (F32(0.5) + _S16.astype(F32)) * F32(0.5)
+_F_ODD = (1 + 2 * _S16).astype(F32)  # 1 + 2*s (IQ3_S, IQ1)
+# scale byte → its two nibble factors (low nibble first), as one 8-byte word
+_NIB_IQ2 = _packed(np.stack([_F_IQ2[_B & 15], _F_IQ2[_B >> 4]], axis=1), F32)
+_NIB_ODD = _packed(np.stack([_F_ODD[_B & 15], _F_ODD[_B >> 4]], axis=1), F32)
+# IQ2_S qh byte → the 2 high grid bits of its 4 entries, already at bit 13 (grid << 5)
+_QH_IQ2S = _packed(((_B[:, None] >> (2 * np.arange(4))) & 3) << 13, np.int16)
+# IQ3_S qh byte → the 9th grid bit of its 8 entries, at bit 12 (grid << 4)
+_QH_IQ3S = _packed(((_B[:, None] >> np.arange(8)) & 1) << 12, np.int16)
+# IQ1_S qh key (12 grid bits | delta sign << 12) → 4 x (3 grid bits << 8 | delta sign << 11)
+_K13 = np.arange(1 << 13)
+_QH_IQ1S = _packed((((_K13[:, None] >> (3 * np.arange(4))) & 7) << 8) | ((_K13[:, None] >> 12) << 11), np.int16)
+# IQ1_M qh byte → its 2 nibbles << 8 (3 grid bits at bit 8, delta sign at bit 11)
+_QH_IQ1M = _packed(np.stack([(_B & 15) << 8, (_B >> 4) << 8], axis=1), np.int16)
+# IQ1_M 12 scale bits → the 4 factors 2*s + 1 of 3-bit s
+_SC_IQ1M = _packed(_F_ODD[(np.arange(1 << 12)[:, None] >> (3 * np.arange(4))) & 7], F32)
+_KSIGNS = _ksigns()
 
 
-def _u16(q: np.ndarray) -> np.ndarray:
-    """Little-endian uint16 words of the byte columns ``q`` (n, 2k) → (n, k) int32."""
-    return np.ascontiguousarray(q).view("<u2").astype(np.int32)
+# --------------------------------------------------------------------------- block fields
 
 
-_SHIFT7 = np.array([0, 7, 14, 21], np.uint32)  # the four 7-bit sign indices of a u32
+def _rows(q: np.ndarray) -> np.ndarray:
+    """``q`` (n, type_size) with unit stride along the row, as the field views need."""
+    return q if q.strides[1] == 1 else np.ascontiguousarray(q)
 
 
-def _nibble_scales(sc: np.ndarray) -> np.ndarray:
-    """Scale bytes (n, k) → 4-bit scales (n, 2k): low nibble first."""
-    return np.stack([sc & 0xF, sc >> 4], axis=-1).reshape(sc.shape[0], -1)
+def _field(q: np.ndarray, offset: int, size: int) -> np.ndarray:
+    """The ``size`` bytes at ``offset`` of every block as a contiguous (n, size) uint8 copy."""
+    return np.ascontiguousarray(q[:, offset : offset + size].view(f"V{size}")).view(np.uint8)
 
 
-def _iq2_db(d: np.ndarray, s: np.ndarray) -> np.ndarray:
-    """``d * (0.5f + s) * 0.25f`` for d (n,) and integer s (n, k)."""
-    return d[:, None] * (F32(0.5) + s.astype(F32)) * F32(0.25)
+def _f16(q: np.ndarray, offset: int = 0) -> np.ndarray:
+    """The fp16 d at ``offset`` → float32 (n, 1) (``GGML_FP16_TO_FP32``, a table gather)."""
+    return _F16_TO_F32.take(q[:, offset : offset + 2].view("<u2"))
+
+
+def _lookup(table: np.ndarray, keys: np.ndarray, dtype) -> np.ndarray:
+    """Gather the packed ``table`` words for ``keys`` (n, k) → (n, k * words) of ``dtype``."""
+    return table.take(keys).view(dtype)
+
+
+def _scale_into(rows: np.ndarray, scale: np.ndarray, out: np.ndarray) -> None:
+    """``out`` (n, 256) = gathered signed grid values × the per-group ``scale`` (n, k)."""
+    w = 256 // scale.shape[1]
+    v = rows.view(F32).reshape(-1, w)
+    with np.errstate(**_QUIET):
+        if out.flags.c_contiguous:
+            np.multiply(v, scale.reshape(-1, 1), out=out.reshape(-1, w))
+        else:
+            out[...] = (v * scale.reshape(-1, 1)).reshape(out.shape)
+
+
+def _times_d(d: np.ndarray, factor: np.ndarray) -> np.ndarray:
+    """``d * factor`` per block: d (n, 1), factor (n, k) float32; exact (see above)."""
+    with np.errstate(**_QUIET):
+        return d * factor
 
 
 # --------------------------------------------------------------------------- IQ2
 
 
-def dequantize_iq2_xxs(q: np.ndarray) -> np.ndarray:
-    t, n = _tables(), q.shape[0]
-    d = le_f16(q, 0)
-    w = q[:, 2:].reshape(n, 8, 8)  # (n, group of 32, 8 bytes)
-    aux = _u32(w[:, :, 4:]).reshape(n, 8)  # sign indices and scale
-    db = _iq2_db(d, aux >> 28)  # (n, 8)
-    grid = t.iq2xxs[w[:, :, :4]]  # (n, 8, 4, 8)
-    signs = t.ksigns[(aux[:, :, None] >> _SHIFT7) & 127]  # (n, 8, 4, 8)
-    return (db[:, :, None, None] * grid * signs).reshape(n, 256)
+def dequantize_iq2_xxs_into(q: np.ndarray, out: np.ndarray) -> None:
+    q, t = _rows(q), _tables()
+    n = q.shape[0]
+    w = _field(q, 2, 64).reshape(n * 8, 8)  # group of 32: 4 grid bytes, u32 aux
+    aux = w.view("<u4")[:, 1]  # 4 x 7-bit sign index | s << 28
+    idx = np.left_shift(w[:, :4], 7, dtype=np.intp)  # (8n, 4): grid << 7 | sign index
+    for l in range(4):
+        np.bitwise_or(idx[:, l], (aux >> (7 * l)) & 127, out=idx[:, l])
+    scale = _times_d(_f16(q), _F_IQ2.take(aux >> 28).reshape(n, 8))
+    _scale_into(t.iq2xxs.take(idx), scale, out)
 
 
-def dequantize_iq2_xs(q: np.ndarray) -> np.ndarray:
-    t, n = _tables(), q.shape[0]
-    d = le_f16(q, 0)
-    qs = _u16(q[:, 2:66]).reshape(n, 8, 4)  # (n, group, 4)
-    db = _iq2_db(d, _nibble_scales(q[:, 66:74])).reshape(n, 8, 2)  # low nibble: first 16
-    grid = t.iq2xs[qs & 511]  # (n, 8, 4, 8)
-    signs = t.ksigns[qs >> 9]
-    return (db[:, :, [0, 0, 1, 1], None] * grid * signs).reshape(n, 256)
+def dequantize_iq2_xs_into(q: np.ndarray, out: np.ndarray) -> None:
+    q, t = _rows(q), _tables()
+    qs = _field(q, 2, 64).view("<u2")  # (n, 32): grid | sign index << 9, the table's index
+    scale = _times_d(_f16(q), _lookup(_NIB_IQ2, _field(q, 66, 8), F32))  # (n, 16)
+    _scale_into(t.iq2xs.take(qs), scale, out)
 
 
-def dequantize_iq2_s(q: np.ndarray) -> np.ndarray:
-    t, n = _tables(), q.shape[0]
-    d = le_f16(q, 0)
-    lo = q[:, 2:34].reshape(n, 8, 4).astype(np.int32)
-    hi = (q[:, 66:74, None].astype(np.int32) >> np.array([0, 2, 4, 6])) & 3  # (n, 8, 4)
-    db = _iq2_db(d, _nibble_scales(q[:, 74:82])).reshape(n, 8, 2)
-    grid = t.iq2s[lo | (hi << 8)]  # (n, 8, 4, 8)
-    signs = t.bytesigns[q[:, 34:66].reshape(n, 8, 4)]
-    return (db[:, :, [0, 0, 1, 1], None] * grid * signs).reshape(n, 256)
+def dequantize_iq2_s_into(q: np.ndarray, out: np.ndarray) -> None:
+    q, t = _rows(q), _tables()
+    base = np.left_shift(_field(q, 2, 32), 5, dtype=np.intp)  # (n, 32): grid low bits << 5
+    np.bitwise_or(base, _lookup(_QH_IQ2S, _field(q, 66, 8), np.int16), out=base)  # | high bits
+    signs = _field(q, 34, 32)
+    idx = np.empty(base.shape + (2,), np.intp)  # (n, 32, half): grid << 5 | half << 4 | nibble
+    np.bitwise_or(base, signs & 15, out=idx[..., 0])
+    np.bitwise_or(base, (signs >> 4) | 16, out=idx[..., 1])
+    scale = _times_d(_f16(q), _lookup(_NIB_IQ2, _field(q, 74, 8), F32))  # (n, 16)
+    _scale_into(t.iq2s.take(idx), scale, out)
 
 
 # --------------------------------------------------------------------------- IQ3
 
 
-def dequantize_iq3_xxs(q: np.ndarray) -> np.ndarray:
-    t, n = _tables(), q.shape[0]
-    d = le_f16(q, 0)
-    aux = _u32(q[:, 66:98])  # (n, 8)
-    db = d[:, None] * (F32(0.5) + (aux >> 28).astype(F32)) * F32(0.5)
-    grid = t.iq3xxs[q[:, 2:66]].reshape(n, 8, 4, 8)  # two 4-value entries per 8 values
-    signs = t.ksigns[(aux[:, :, None] >> _SHIFT7) & 127]
-    return (db[:, :, None, None] * grid * signs).reshape(n, 256)
+def dequantize_iq3_xxs_into(q: np.ndarray, out: np.ndarray) -> None:
+    q, t = _rows(q), _tables()
+    n = q.shape[0]
+    aux = _field(q, 66, 32).view("<u4").reshape(-1)  # (8n,): 4 x 7-bit sign index | s << 28
+    sidx = np.empty((n * 8, 4), np.intp)
+    for l in range(4):
+        np.bitwise_and(aux >> (7 * l), 127, out=sidx[:, l])
+    ks = _KSIGNS.take(sidx)  # (8n, 4) sign bytes, one per 8 values (2 grid entries)
+    idx = np.left_shift(_field(q, 2, 64), 4, dtype=np.intp).reshape(n * 32, 2)  # grid << 4
+    np.bitwise_or(idx[:, 0], (ks & 15).reshape(-1), out=idx[:, 0])
+    np.bitwise_or(idx[:, 1], (ks >> 4).reshape(-1), out=idx[:, 1])
+    scale = _times_d(_f16(q), _F_IQ3XXS.take(aux >> 28).reshape(n, 8))
+    _scale_into(t.iq3xxs.take(idx), scale, out)
 
 
-def dequantize_iq3_s(q: np.ndarray) -> np.ndarray:
-    t, n = _tables(), q.shape[0]
-    d = le_f16(q, 0)
-    lo = q[:, 2:66].reshape(n, 8, 8).astype(np.int32)
-    hi = (q[:, 66:74, None].astype(np.int32) >> np.arange(8)) & 1  # (n, 8, 8)
-    db = d[:, None] * (1 + 2 * _nibble_scales(q[:, 106:110]).astype(np.int32)).astype(F32)  # (n, 8)
-    grid = t.iq3s[lo | (hi << 8)].reshape(n, 8, 4, 8)
-    signs = t.bytesigns[q[:, 74:106].reshape(n, 8, 4)]
-    return (db[:, :, None, None] * grid * signs).reshape(n, 256)
+def dequantize_iq3_s_into(q: np.ndarray, out: np.ndarray) -> None:
+    q, t = _rows(q), _tables()
+    n = q.shape[0]
+    idx = np.left_shift(_field(q, 2, 64), 4, dtype=np.intp)  # (n, 64): grid low bits << 4
+    np.bitwise_or(idx, _lookup(_QH_IQ3S, _field(q, 66, 8), np.int16), out=idx)  # | 9th bit << 12
+    idx = idx.reshape(n * 32, 2)  # two entries per sign byte
+    signs = _field(q, 74, 32).reshape(-1)
+    np.bitwise_or(idx[:, 0], signs & 15, out=idx[:, 0])
+    np.bitwise_or(idx[:, 1], signs >> 4, out=idx[:, 1])
+    scale = _times_d(_f16(q), _lookup(_NIB_ODD, _field(q, 106, 4), F32))  # (n, 8): 1 + 2*s
+    _scale_into(t.iq3s.take(idx), scale, out)
 
 
 # --------------------------------------------------------------------------- IQ1
 
 
-def dequantize_iq1_s(q: np.ndarray) -> np.ndarray:
-    t, n = _tables(), q.shape[0]
-    d = le_f16(q, 0)
-    qh = _u16(q[:, 34:50])  # (n, 8)
-    hi = (qh[:, :, None] >> np.array([0, 3, 6, 9])) & 7
-    neg = (qh >> 15)[:, :, None] << 11  # delta sign: the second half of t.iq1s
-    idx = q[:, 2:34].reshape(n, 8, 4).astype(np.int32) | (hi << 8) | neg
-    dl = d[:, None] * (2 * ((qh >> 12) & 7) + 1).astype(F32)  # (n, 8)
-    return (dl[:, :, None, None] * t.iq1s[idx]).reshape(n, 256)
+def dequantize_iq1_s_into(q: np.ndarray, out: np.ndarray) -> None:
+    q, t = _rows(q), _tables()
+    qh = _field(q, 34, 16).view("<u2")  # (n, 8): 4 x 3 grid bits | s << 12 | delta sign << 15
+    key = (qh & 0x0FFF) | ((qh >> 3) & 0x1000)
+    idx = np.bitwise_or(_field(q, 2, 32), _lookup(_QH_IQ1S, key, np.int16), dtype=np.intp)  # (n, 32)
+    scale = _times_d(_f16(q), _F_ODD.take((qh >> 12) & 7))  # (n, 8): d * (2*s + 1)
+    _scale_into(t.iq1s.take(idx), scale, out)
 
 
-def dequantize_iq1_m(q: np.ndarray) -> np.ndarray:
-    t, n = _tables(), q.shape[0]
-    sc = _u16(q[:, 48:56])  # (n, 4)
+def dequantize_iq1_m_into(q: np.ndarray, out: np.ndarray) -> None:
+    q, t = _rows(q), _tables()
+    sc = _field(q, 48, 8).view("<u2")  # (n, 4): 4 x 3-bit s, the f16 d in the top nibbles
     dbits = (sc[:, 0] >> 12) | ((sc[:, 1] >> 8) & 0xF0) | ((sc[:, 2] >> 4) & 0xF00) | (sc[:, 3] & 0xF000)
-    d = f16_bits_to_f32(dbits.astype(np.uint16))
-    s = ((sc[:, :, None] >> np.array([0, 3, 6, 9])) & 7).reshape(n, 8, 2)  # (n, group, half)
-    dl = d[:, None, None] * (2 * s + 1).astype(F32)
-    qh = q[:, 32:48].reshape(n, 8, 2).astype(np.int32)  # two bytes per group, each for 2 entries
-    hi = np.stack([qh & 7, (qh >> 4) & 7], axis=-1).reshape(n, 8, 4)
-    neg = np.stack([(qh >> 3) & 1, qh >> 7], axis=-1).reshape(n, 8, 4)  # delta signs
-    idx = q[:, :32].reshape(n, 8, 4).astype(np.int32) | (hi << 8) | (neg << 11)
-    return (dl[:, :, [0, 0, 1, 1], None] * t.iq1s[idx]).reshape(n, 256)
+    d = _F16_TO_F32.take(dbits)[:, None]
+    idx = np.bitwise_or(_field(q, 0, 32), _lookup(_QH_IQ1M, _field(q, 32, 16), np.int16), dtype=np.intp)
+    scale = _times_d(d, _lookup(_SC_IQ1M, sc & 0x0FFF, F32))  # (n, 16): d * (2*s + 1)
+    _scale_into(t.iq1s.take(idx), scale, out)
 
 
 # (byte offset, item size, count) of the fields swapped for big-endian files.
-CODECS: dict[int, Codec] = {
-    GGMLType.IQ2_XXS: Codec(None, dequantize_iq2_xxs, ((0, 2, 1), (2, 4, 16))),
-    GGMLType.IQ2_XS: Codec(None, dequantize_iq2_xs, ((0, 2, 1), (2, 2, 32))),
-    GGMLType.IQ2_S: Codec(None, dequantize_iq2_s, ((0, 2, 1),)),
-    GGMLType.IQ3_XXS: Codec(None, dequantize_iq3_xxs, ((0, 2, 1), (66, 4, 8))),
-    GGMLType.IQ3_S: Codec(None, dequantize_iq3_s, ((0, 2, 1),)),
-    GGMLType.IQ1_S: Codec(None, dequantize_iq1_s, ((0, 2, 1), (34, 2, 8))),
-    GGMLType.IQ1_M: Codec(None, dequantize_iq1_m, ((48, 2, 4),)),
+CODECS = {
+    GGMLType.IQ2_XXS: into_codec(None, dequantize_iq2_xxs_into, ((0, 2, 1), (2, 4, 16)), 256),
+    GGMLType.IQ2_XS: into_codec(None, dequantize_iq2_xs_into, ((0, 2, 1), (2, 2, 32)), 256),
+    GGMLType.IQ2_S: into_codec(None, dequantize_iq2_s_into, ((0, 2, 1),), 256),
+    GGMLType.IQ3_XXS: into_codec(None, dequantize_iq3_xxs_into, ((0, 2, 1), (66, 4, 8)), 256),
+    GGMLType.IQ3_S: into_codec(None, dequantize_iq3_s_into, ((0, 2, 1),), 256),
+    GGMLType.IQ1_S: into_codec(None, dequantize_iq1_s_into, ((0, 2, 1), (34, 2, 8)), 256),
+    GGMLType.IQ1_M: into_codec(None, dequantize_iq1_m_into, ((48, 2, 4),), 256),
 }
