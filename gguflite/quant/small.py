@@ -23,6 +23,7 @@ from ..types import GGMLType
 from ._common import (
     F32,
     Codec,
+    into_codec,
     cvtt_i32,
     fold_max_abs,
     f32_to_f16_bits,
@@ -34,6 +35,7 @@ from ._common import (
     safe_inv,
     seqsum,
 )
+from .legacy import _F16_TO_F32  # GGML_FP16_TO_FP32 of all 65536 bit patterns
 
 # ggml-common.h value tables (16 entries each; ggml's own constants).
 KVALUES_IQ4NL = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.int8)
@@ -69,16 +71,119 @@ def _trits(q: np.ndarray, n: int) -> np.ndarray:
     return ((qk * 3) >> 8).astype(np.int32)
 
 
+# --------------------------------------------------------------------------- fast dequantize helpers
+#
+# Every dequantizer here is ``value * scale`` where the value is a small integer (a trit, a
+# 2-bit code, an E2M1 or IQ4 table entry) and the scale an fp16 / E8M0 / UE4M3 field: the
+# float32 product is exact (at most 11 + 7 significant bits), so only the inputs need to
+# match C.  The codecs build the values in block order with whole-array operations (8-byte
+# words, 1-D copies of 16/32/64-byte units), then convert and scale in two float passes over
+# the output: a per-block loop of numpy calls, or (n, 32)-shaped broadcasts, would cost more
+# than the arithmetic (see legacy.py's docstring).
+
+_LO4 = np.uint64(0x0F0F0F0F0F0F0F0F)
+_LO2 = np.uint64(0x0303030303030303)
+_7F = np.uint64(0x7F7F7F7F7F7F7F7F)
+_80 = np.uint64(0x8080808080808080)
+_E8M0_HALF = _e8m0_half(np.arange(256))  # ggml_e8m0_to_fp32_half of every byte
+
+
+def _rows(q: np.ndarray) -> np.ndarray:
+    """``q`` (n, type_size) with unit stride along the row, as the field views need."""
+    return q if q.strides[1] == 1 else np.ascontiguousarray(q)
+
+
+def _field(q: np.ndarray, offset: int, size: int) -> np.ndarray:
+    """The ``size`` bytes at ``offset`` of every block as a contiguous (n, size) uint8 copy."""
+    return np.ascontiguousarray(q[:, offset : offset + size].view(f"V{size}")).view(np.uint8)
+
+
+def _f16(q: np.ndarray, offset: int) -> np.ndarray:
+    """The little-endian fp16 field at ``offset`` of each block → float32 (n,) (table gather)."""
+    return _F16_TO_F32.take(q[:, offset : offset + 2].view("<u2")[:, 0])
+
+
+def _flat(out: np.ndarray) -> np.ndarray:
+    """A contiguous 1-D float32 array to build ``out`` in: ``out`` itself when it can be."""
+    return out.reshape(-1) if out.flags.c_contiguous else np.empty(out.size, F32)
+
+
+def _finish(out: np.ndarray, flat: np.ndarray) -> None:
+    if not out.flags.c_contiguous:
+        out[...] = flat.reshape(out.shape)
+
+
+def _nibbles(qs: np.ndarray) -> np.ndarray:
+    """Rows of k = 8 or 16 ``qs`` bytes (m, k) → (m, 2k) uint8: the low nibbles (elements
+    0..k-1), then the high nibbles (k..2k-1), as every 4-bit type here orders them."""
+    m, k = qs.shape
+    w = qs.reshape(-1).view(np.uint64)  # (m*k/8,) words
+    s = np.empty((2, w.size), np.uint64)
+    np.bitwise_and(w, _LO4, out=s[0])
+    np.right_shift(w, np.uint64(4), out=s[1])
+    np.bitwise_and(s[1], _LO4, out=s[1])
+    z = np.empty((m, 2 * k), np.uint8)
+    zv, sv = z.view(f"V{k}"), s.view(np.uint8).view(f"V{k}")  # (m, 2), (2, m)
+    zv[:, 0] = sv[0]
+    zv[:, 1] = sv[1]
+    return z
+
+
+def _pair_table(values: np.ndarray) -> np.ndarray:
+    """For a 16-entry value table: every two adjacent nibble bytes (a, b), read as one native
+    uint16, → the two float32 values (values[a], values[b]) as one uint64 (a 3856-entry
+    gather table: one ``take`` converts two nibbles)."""
+    a, b = np.meshgrid(np.arange(16, dtype=np.uint8), np.arange(16, dtype=np.uint8), indexing="ij")
+    idx = np.stack([a.ravel(), b.ravel()], axis=1).copy().view(np.uint16)[:, 0]
+    v = values.astype(F32)
+    pairs = np.stack([v[a.ravel()], v[b.ravel()]], axis=1).copy().view(np.uint64)[:, 0]
+    table = np.zeros(int(idx.max()) + 1, np.uint64)
+    table[idx] = pairs
+    return table
+
+
+def _lookup_into(z: np.ndarray, table: np.ndarray, flat: np.ndarray) -> None:
+    """``flat`` (2k,) float32 ← the pair ``table`` looked up at each two bytes of ``z`` (2k,)."""
+    dst = flat.view(np.uint64)
+    table.take(z.reshape(-1).view(np.uint16), out=dst, mode="wrap")  # indices are in range
+
+
+_PAIRS_IQ4NL = _pair_table(KVALUES_IQ4NL)
+_PAIRS_FP4 = _pair_table(KVALUES_FP4)
+
+
 # --------------------------------------------------------------------------- TQ1_0 / TQ2_0
 
 
-def dequantize_tq1_0(q: np.ndarray) -> np.ndarray:
-    d = le_f16(q, 52)
-    a = _trits(q[:, 0:32], 5).reshape(-1, 160)  # element 32n + m
-    b = _trits(q[:, 32:48], 5).reshape(-1, 80)  # 160 + 16n + m
-    c = _trits(q[:, 48:52], 4).reshape(-1, 16)  # 240 + 4n + j
-    v = np.concatenate([a, b, c], axis=1) - 1
-    return v.astype(F32) * d[:, None]
+_TQ1_SECTIONS = ((0, 32, 5), (32, 16, 5), (48, 4, 4))  # (qs/qh byte offset, bytes, digits)
+_POW3_8 = np.array([1, 3, 9, 27, 81], np.uint8)[:, None]
+
+
+def dequantize_tq1_0_into(q: np.ndarray, out: np.ndarray) -> None:
+    """Digit k of byte b is ``xi = ((uint8_t)(b * 3^k) * 3) >> 8``, i.e. 0 below 86, 1 below
+    171, else 2 for ``x = (uint8_t)(b * 3^k)``; ``(float)(xi - 1) * d``.  Section by section
+    (32 qs bytes x 5 digits, 16 qs bytes x 5, 4 qh bytes x 4) digit k of byte m goes to
+    element ``start + width*k + m``: all digits of all sections in one (5, 52n) pass, then
+    one unit copy per section into block order."""
+    q = _rows(q)
+    n = q.shape[0]
+    src = np.empty(52 * n, np.uint8)  # the three sections one after another
+    for off, size, _ in _TQ1_SECTIONS:
+        src[off * n : (off + size) * n] = _field(q, off, size).reshape(-1)
+    x = np.multiply(src, _POW3_8)  # (5, 52n) uint8: b * 3^k, wrapping as uint8_t does
+    v = np.greater(x, np.uint8(85)).view(np.int8)
+    np.subtract(v, np.less_equal(x, np.uint8(170)).view(np.int8), out=v)  # xi - 1
+    z = np.empty((n, 256), np.int8)
+    start = 0
+    for off, size, digits in _TQ1_SECTIONS:
+        dst = z[:, start : start + size * digits].view(f"V{size}")  # (n, digits)
+        part = v[:digits, off * n : (off + size) * n].reshape(digits, n, size)
+        dst[...] = part.view(f"V{size}")[..., 0].T
+        start += size * digits
+    flat = _flat(out)
+    np.copyto(flat, z.reshape(-1), casting="unsafe")
+    np.multiply(flat, np.repeat(_f16(q, 52), 256), out=flat)
+    _finish(out, flat)
 
 
 def _tq_ternary(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -108,10 +213,23 @@ def quantize_tq1_0(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def dequantize_tq2_0(q: np.ndarray) -> np.ndarray:
-    d = le_f16(q, 64)
-    v = q[:, :64].reshape(-1, 2, 1, 32) >> np.array([0, 2, 4, 6], np.uint8).reshape(1, 1, 4, 1)
-    return (((v & 3).astype(np.int32) - 1).astype(F32)).reshape(-1, 256) * d[:, None]
+def dequantize_tq2_0_into(q: np.ndarray, out: np.ndarray) -> None:
+    """``(float)(((qs[32j + m] >> 2l) & 3) - 1) * d`` → element 128j + 32l + m."""
+    q = _rows(q)
+    n = q.shape[0]
+    w = _field(q, 0, 64).reshape(-1).view(np.uint64)  # (8n,)
+    t = np.empty((4, w.size), np.uint64)  # shift l, then the bytes
+    for sh in range(4):
+        np.right_shift(w, np.uint64(2 * sh), out=t[sh])
+    np.bitwise_and(t, _LO2, out=t)
+    np.add(t, _7F, out=t)  # q + 0x7f <= 0x82: no carry between bytes
+    np.bitwise_xor(t, _80, out=t)  # ^ 0x80: q - 1 as int8
+    z = np.empty((2 * n, 4, 32), np.uint8)  # (32-byte group j, l, m)
+    z.view("V32")[:, :, 0][...] = t.view(np.uint8).reshape(4, 2 * n, 32).view("V32")[..., 0].T
+    flat = _flat(out)
+    np.copyto(flat, z.reshape(-1).view(np.int8), casting="unsafe")
+    np.multiply(flat, np.repeat(_f16(q, 64), 256), out=flat)
+    _finish(out, flat)
 
 
 def quantize_tq2_0(x: np.ndarray) -> np.ndarray:
@@ -127,13 +245,13 @@ def quantize_tq2_0(x: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- MXFP4 / NVFP4
 
 
-def _fp4_nibbles(qs: np.ndarray) -> np.ndarray:
-    """(n, k) bytes → (n, 2k) E2M1 values ×2: low nibbles, then high nibbles."""
-    return KVALUES_FP4[np.concatenate([qs & 0x0F, qs >> 4], axis=1)].astype(F32)
-
-
-def dequantize_mxfp4(q: np.ndarray) -> np.ndarray:
-    return _fp4_nibbles(q[:, 1:]) * _e8m0_half(q[:, 0])[:, None]
+def dequantize_mxfp4_into(q: np.ndarray, out: np.ndarray) -> None:
+    """``kvalues_mxfp4[qs[j] & 0x0F] * d`` → element j, ``[qs[j] >> 4]`` → j + 16."""
+    q = _rows(q)
+    flat = _flat(out)
+    _lookup_into(_nibbles(_field(q, 1, 16)), _PAIRS_FP4, flat)
+    np.multiply(flat, np.repeat(_E8M0_HALF.take(q[:, 0]), 32), out=flat)
+    _finish(out, flat)
 
 
 def _best_fp4(x: np.ndarray, d: np.ndarray) -> np.ndarray:
@@ -189,10 +307,14 @@ def quantize_nvfp4(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def dequantize_nvfp4(q: np.ndarray) -> np.ndarray:
-    d = _UE4M3[q[:, :4]]  # (n, 4) sub-block scales
-    v = _fp4_nibbles(q[:, 4:].reshape(-1, 8)).reshape(-1, 4, 16)
-    return (v * d[..., None]).reshape(-1, 64)
+def dequantize_nvfp4_into(q: np.ndarray, out: np.ndarray) -> None:
+    """Sub-block s of 16: ``kvalues_mxfp4[qs[8s + j] & 0x0F] * d_s`` → element 16s + j,
+    ``[... >> 4]`` → 16s + 8 + j, with ``d_s = ggml_ue4m3_to_fp32(scales[s])``."""
+    q = _rows(q)
+    flat = _flat(out)
+    _lookup_into(_nibbles(_field(q, 4, 32).reshape(-1, 8)), _PAIRS_FP4, flat)
+    np.multiply(flat, np.repeat(_UE4M3.take(_field(q, 0, 4).reshape(-1)), 16), out=flat)
+    _finish(out, flat)
 
 
 # --------------------------------------------------------------------------- Q1_0 / Q2_0
@@ -234,32 +356,53 @@ def quantize_q2_0(x: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- IQ4_NL / IQ4_XS
 
 
-def dequantize_iq4_nl(q: np.ndarray) -> np.ndarray:
-    d = le_f16(q, 0)
-    qs = q[:, 2:]
-    v = KVALUES_IQ4NL[np.concatenate([qs & 0xF, qs >> 4], axis=1)].astype(F32)
-    return d[:, None] * v
+def dequantize_iq4_nl_into(q: np.ndarray, out: np.ndarray) -> None:
+    """``d * kvalues_iq4nl[qs[j] & 0xf]`` → element j, ``[qs[j] >> 4]`` → j + 16."""
+    q = _rows(q)
+    flat = _flat(out)
+    _lookup_into(_nibbles(_field(q, 2, 16)), _PAIRS_IQ4NL, flat)
+    np.multiply(flat, np.repeat(_f16(q, 0), 32), out=flat)
+    _finish(out, flat)
 
 
-def dequantize_iq4_xs(q: np.ndarray) -> np.ndarray:
-    d = le_f16(q, 0)
-    sh = le_u16(q, 2).astype(np.int32)
-    ib = np.arange(8)
-    sl = (q[:, 4 + ib // 2].astype(np.int32) >> (4 * (ib % 2))) & 0xF
-    ls = sl | (((sh[:, None] >> (2 * ib)) & 3) << 4)
-    dl = d[:, None] * (ls - 32).astype(F32)  # (n, 8)
-    qs = q[:, 8:].reshape(-1, 8, 16)
-    v = KVALUES_IQ4NL[np.concatenate([qs & 0xF, qs >> 4], axis=2)].astype(F32)  # (n, 8, 32)
-    return (dl[..., None] * v).reshape(-1, 256)
+_M16 = np.uint64(0x0000FFFF0000FFFF)
+_M8 = np.uint64(0x00FF00FF00FF00FF)
+_M4 = np.uint64(0x000F000F000F000F)
+
+
+def _iq4_xs_scales(q: np.ndarray) -> np.ndarray:
+    """The 8 sub-block scales ``ls = (scales_l nibble) | ((scales_h >> 2ib) & 3) << 4`` of
+    each block → float32 (n*8,) ``ls - 32``, by bit spreading on one 8-byte word per block."""
+    lo = q[:, 4:8].view("<u4")[:, 0].astype(np.uint64)  # scales_l bytes s0..s3
+    lo = (lo | (lo << np.uint64(16))) & _M16
+    lo = (lo | (lo << np.uint64(8))) & _M8  # byte s_k in 16-bit lane k
+    lo = (lo & _M4) | ((lo >> np.uint64(4)) & _M4) << np.uint64(8)  # byte 2k: s_k & 0xf, 2k+1: s_k >> 4
+    hi = q[:, 2:4].view("<u2")[:, 0].astype(np.uint64)  # scales_h: 2 bits per sub-block
+    hi = (hi | (hi << np.uint64(24))) & np.uint64(0x000000FF000000FF)
+    hi = (hi | (hi << np.uint64(12))) & np.uint64(0x000F000F000F000F)
+    hi = (hi | (hi << np.uint64(6))) & _LO2  # byte ib: (scales_h >> 2ib) & 3
+    ls = (lo | (hi << np.uint64(4))).astype("<u8").view(np.uint8)  # (8n,) in sub-block order
+    return ls.astype(F32) - F32(32)
+
+
+def dequantize_iq4_xs_into(q: np.ndarray, out: np.ndarray) -> None:
+    """``dl = d * (ls - 32)``; ``dl * kvalues_iq4nl[qs[16ib + j] & 0xf]`` → element 32ib + j,
+    ``[... >> 4]`` → 32ib + 16 + j."""
+    q = _rows(q)
+    dl = np.repeat(_f16(q, 0), 8) * _iq4_xs_scales(q)  # (8n,), exact
+    flat = _flat(out)
+    _lookup_into(_nibbles(_field(q, 8, 128).reshape(-1, 16)), _PAIRS_IQ4NL, flat)
+    np.multiply(flat, np.repeat(dl, 32), out=flat)
+    _finish(out, flat)
 
 
 CODECS: dict[int, Codec] = {
-    GGMLType.TQ1_0: Codec(quantize_tq1_0, dequantize_tq1_0, ((52, 2, 1),)),
-    GGMLType.TQ2_0: Codec(quantize_tq2_0, dequantize_tq2_0, ((64, 2, 1),)),
-    GGMLType.MXFP4: Codec(quantize_mxfp4, dequantize_mxfp4, ()),
-    GGMLType.NVFP4: Codec(quantize_nvfp4, dequantize_nvfp4, ()),
+    GGMLType.TQ1_0: into_codec(quantize_tq1_0, dequantize_tq1_0_into, ((52, 2, 1),), 256),
+    GGMLType.TQ2_0: into_codec(quantize_tq2_0, dequantize_tq2_0_into, ((64, 2, 1),), 256),
+    GGMLType.MXFP4: into_codec(quantize_mxfp4, dequantize_mxfp4_into, (), 32),
+    GGMLType.NVFP4: into_codec(quantize_nvfp4, dequantize_nvfp4_into, (), 64),
     GGMLType.Q1_0: Codec(quantize_q1_0, dequantize_q1_0, ((0, 2, 1),)),
     GGMLType.Q2_0: Codec(quantize_q2_0, dequantize_q2_0, ((0, 2, 1),)),
-    GGMLType.IQ4_NL: Codec(None, dequantize_iq4_nl, ((0, 2, 1),)),
-    GGMLType.IQ4_XS: Codec(None, dequantize_iq4_xs, ((0, 2, 2),)),
+    GGMLType.IQ4_NL: into_codec(None, dequantize_iq4_nl_into, ((0, 2, 1),), 32),
+    GGMLType.IQ4_XS: into_codec(None, dequantize_iq4_xs_into, ((0, 2, 2),), 256),
 }
