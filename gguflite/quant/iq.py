@@ -74,7 +74,7 @@ class _Tables(NamedTuple):
     iq2s: np.ndarray  # [grid 1024][half 2][sign nibble 16]: 4 values
     iq3xxs: np.ndarray  # [grid 256][sign nibble 16]: 4 values
     iq3s: np.ndarray  # [grid 512][sign nibble 16]: 4 values
-    iq1s: np.ndarray  # [delta sign 2][grid 2048]: grid + IQ1S_DELTA, grid - IQ1S_DELTA (8 values)
+    iq1s: np.ndarray  # [delta sign 2][s 8][grid 2048]: (2*s + 1) * (grid +- IQ1S_DELTA), 8 values
 
 
 @functools.lru_cache(maxsize=2)
@@ -83,13 +83,14 @@ def _tables_of(g: _grids.Grids) -> _Tables:
     nib = _bits_to_signs(np.arange(16, dtype=np.uint8))[:, :4]  # (16, 4): sign nibble → 4 signs
     iq2s = g.iq2s.astype(F32).reshape(1024, 2, 1, 4)
     iq1s = g.iq1s.astype(F32)
+    iq1s = np.stack([iq1s + _IQ1S_DELTA, iq1s - _IQ1S_DELTA])  # (2, 2048, 8): C's grid[j] + delta
     return _Tables(
         iq2xxs=_rows_of(g.iq2xxs.astype(F32)[:, None, :] * ks[None]),
         iq2xs=_rows_of(g.iq2xs.astype(F32)[None, :, :] * ks[:, None]),
         iq2s=_rows_of(iq2s * nib[None, None]),
         iq3xxs=_rows_of(g.iq3xxs.astype(F32)[:, None, :] * nib[None]),
         iq3s=_rows_of(g.iq3s.astype(F32)[:, None, :] * nib[None]),
-        iq1s=_rows_of(np.concatenate([iq1s + _IQ1S_DELTA, iq1s - _IQ1S_DELTA])),
+        iq1s=_rows_of(_F_ODD[None, :8, None, None] * iq1s[:, None]),
     )
 
 
@@ -111,13 +112,22 @@ _NIB_ODD = _packed(np.stack([_F_ODD[_B & 15], _F_ODD[_B >> 4]], axis=1), F32)
 _QH_IQ2S = _packed(((_B[:, None] >> (2 * np.arange(4))) & 3) << 13, np.int16)
 # IQ3_S qh byte → the 9th grid bit of its 8 entries, at bit 12 (grid << 4)
 _QH_IQ3S = _packed(((_B[:, None] >> np.arange(8)) & 1) << 12, np.int16)
-# IQ1_S qh key (12 grid bits | delta sign << 12) → 4 x (3 grid bits << 8 | delta sign << 11)
-_K13 = np.arange(1 << 13)
-_QH_IQ1S = _packed((((_K13[:, None] >> (3 * np.arange(4))) & 7) << 8) | ((_K13[:, None] >> 12) << 11), np.int16)
-# IQ1_M qh byte → its 2 nibbles << 8 (3 grid bits at bit 8, delta sign at bit 11)
-_QH_IQ1M = _packed(np.stack([(_B & 15) << 8, (_B >> 4) << 8], axis=1), np.int16)
-# IQ1_M 12 scale bits → the 4 factors 2*s + 1 of 3-bit s
-_SC_IQ1M = _packed(_F_ODD[(np.arange(1 << 12)[:, None] >> (3 * np.arange(4))) & 7], F32)
+# IQ1_M (qh byte | s << 8) → its 2 entries' row bits: 3 grid bits << 8 | s << 11 | delta sign << 14
+_K11 = np.arange(1 << 11)[:, None]
+_NIB = (_K11 >> np.array([0, 4])) & 15  # (2048, 2)
+_QH_IQ1M = _packed(((_NIB & 7) << 8) | ((_K11 >> 8) << 11) | ((_NIB >> 3) << 14), np.int16)
+# IQ1_M 12 scale bits → the 4 3-bit s, each << 8 (to key _QH_IQ1M)
+_SC_IQ1M = _packed(((np.arange(1 << 12)[:, None] >> (3 * np.arange(4))) & 7) << 8, np.uint16)
+
+
+@functools.cache
+def _qh_iq1s() -> np.ndarray:
+    """IQ1_S u16 qh → its 4 entries' row bits: 3 grid bits << 8 | (s | delta sign << 3) << 11
+    (512 KB, built on first use)."""
+    k = np.arange(1 << 16)[:, None]
+    return _packed((((k >> (3 * np.arange(4))) & 7) << 8) | ((k >> 12) << 11), np.int16)
+
+
 _KSIGNS = _ksigns()
 
 
@@ -229,23 +239,26 @@ def dequantize_iq3_s_into(q: np.ndarray, out: np.ndarray) -> None:
 # --------------------------------------------------------------------------- IQ1
 
 
+def _iq1_into(d: np.ndarray, qs: np.ndarray, bits: np.ndarray, out: np.ndarray) -> None:
+    """``out`` = d × the ``iq1s`` rows at ``qs | bits`` (low 8 grid bits | the rest), (n, 32)."""
+    idx = np.bitwise_or(qs, bits).astype(np.intp)  # int16 | then one cast: cheaper than mixed
+    _scale_into(_tables().iq1s.take(idx), d, out)
+
+
 def dequantize_iq1_s_into(q: np.ndarray, out: np.ndarray) -> None:
-    q, t = _rows(q), _tables()
+    q = _rows(q)
     qh = _field(q, 34, 16).view("<u2")  # (n, 8): 4 x 3 grid bits | s << 12 | delta sign << 15
-    key = (qh & 0x0FFF) | ((qh >> 3) & 0x1000)
-    idx = np.bitwise_or(_field(q, 2, 32), _lookup(_QH_IQ1S, key, np.int16), dtype=np.intp)  # (n, 32)
-    scale = _times_d(_f16(q), _F_ODD.take((qh >> 12) & 7))  # (n, 8): d * (2*s + 1)
-    _scale_into(t.iq1s.take(idx), scale, out)
+    _iq1_into(_f16(q), _field(q, 2, 32), _lookup(_qh_iq1s(), qh, np.int16), out)
 
 
 def dequantize_iq1_m_into(q: np.ndarray, out: np.ndarray) -> None:
-    q, t = _rows(q), _tables()
-    sc = _field(q, 48, 8).view("<u2")  # (n, 4): 4 x 3-bit s, the f16 d in the top nibbles
-    dbits = (sc[:, 0] >> 12) | ((sc[:, 1] >> 8) & 0xF0) | ((sc[:, 2] >> 4) & 0xF00) | (sc[:, 3] & 0xF000)
-    d = _F16_TO_F32.take(dbits)[:, None]
-    idx = np.bitwise_or(_field(q, 0, 32), _lookup(_QH_IQ1M, _field(q, 32, 16), np.int16), dtype=np.intp)
-    scale = _times_d(d, _lookup(_SC_IQ1M, sc & 0x0FFF, F32))  # (n, 16): d * (2*s + 1)
-    _scale_into(t.iq1s.take(idx), scale, out)
+    q = _rows(q)
+    sc = _field(q, 48, 8)  # u16 sc[4]: 4 x 3-bit s each, the f16 d in their top nibbles
+    w = sc.view("<u8")[:, 0]  # sc[0] >> 12 | (sc[1] >> 8) & 0xF0 | (sc[2] >> 4) & 0xF00 | sc[3] & 0xF000
+    dbits = ((w >> 12) & 0xF) | ((w >> 24) & 0xF0) | ((w >> 36) & 0xF00) | (w >> 48) & 0xF000
+    sc = sc.view("<u2")  # (n, 4)
+    key = np.bitwise_or(_field(q, 32, 16), _lookup(_SC_IQ1M, sc & 0x0FFF, np.uint16))  # (n, 16): qh | s << 8
+    _iq1_into(_F16_TO_F32.take(dbits.astype(np.uint16))[:, None], _field(q, 0, 32), _lookup(_QH_IQ1M, key, np.int16), out)
 
 
 # (byte offset, item size, count) of the fields swapped for big-endian files.
