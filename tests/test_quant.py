@@ -280,6 +280,55 @@ def test_q8_k_blocks_with_inf_nan_and_zero_scales_dequantize_as_ggml_does():
     assert_same_floats(dequantize(q, G.Q8_K, (8, 256)).reshape(-1), want)
 
 
+SMALL_TYPES = [G.TQ1_0, G.TQ2_0, G.MXFP4, G.NVFP4, G.IQ4_NL, G.IQ4_XS]
+
+
+def small_type_special_blocks(t: G, n_blocks: int, seed: int) -> np.ndarray:
+    """Random blocks whose scale fields take every special value: fp16 d from F16_SPECIALS
+    (TQ1_0, TQ2_0, IQ4_NL, IQ4_XS), every E8M0 byte (MXFP4: 0 and 1 are the denormal
+    patterns, 254/255 give 2^126/2^127), every UE4M3 byte (NVFP4: 0 and 0x7f are zero)."""
+    q = random_blocks(t, n_blocks, seed)
+    rng = np.random.default_rng(seed)
+    if t == G.MXFP4:
+        q[:, 0] = np.arange(n_blocks) % 256
+    elif t == G.NVFP4:
+        q[:, :4] = (np.arange(4 * n_blocks) % 256).reshape(n_blocks, 4)
+    else:
+        off = _scale_fields(t)[0][0]
+        halves = np.array(F16_SPECIALS * (n_blocks // len(F16_SPECIALS) + 1), "<u2")[:n_blocks]
+        q[:, off : off + 2] = halves.view(np.uint8).reshape(-1, 2)
+    return q[rng.permutation(n_blocks)]
+
+
+@pytest.mark.parametrize("t", SMALL_TYPES, ids=lambda t: t.name)
+def test_small_types_with_special_scales_dequantize_as_ggml_does(t):
+    # 256 blocks: every E8M0 / UE4M3 byte and every special fp16 d, several times; over a
+    # chunk boundary (chunk_elements) and with an odd block count too
+    bs = TYPE_TRAITS[t].block_size
+    for n_blocks in (256, 67):
+        q = small_type_special_blocks(t, n_blocks, n_blocks)
+        n = n_blocks * bs
+        want = ggml_quant.dequantize(int(t), q, n)
+        assert_same_floats(dequantize(q, t, (n,)), want)
+        assert_same_floats(dequantize(q, t, (n,), chunk_elements=5 * bs), want)
+
+
+@pytest.mark.parametrize("t", SMALL_TYPES, ids=lambda t: t.name)
+def test_small_type_codecs_read_strided_blocks_and_write_strided_outputs(t):
+    from gguflite.quant import CODECS
+
+    bs = TYPE_TRAITS[t].block_size
+    q = small_type_special_blocks(t, 12, 3)
+    want = ggml_quant.dequantize(int(t), q, q.shape[0] * bs).reshape(-1, bs)
+    wide = np.zeros((q.shape[0], 2 * q.shape[1]), np.uint8)
+    wide[:, ::2] = q  # blocks whose bytes are not adjacent
+    assert_same_floats(CODECS[t].dequantize(wide[:, ::2]), want)
+    out = np.full((q.shape[0], 2 * bs), 7.0, np.float32)
+    CODECS[t].dequantize_into(q, out[:, ::2])  # an output whose floats are not adjacent
+    assert_same_floats(np.ascontiguousarray(out[:, ::2]), want)
+    assert (out[:, 1::2] == 7.0).all()
+
+
 @pytest.mark.parametrize("t", sorted(PLAIN - {G.F32}), ids=lambda t: t.name)
 def test_integer_and_f64_tensors_dequantize_by_value(t):
     dt = TYPE_TRAITS[t].dtype

@@ -28,7 +28,6 @@ from ._common import (
     fold_max_abs,
     f32_to_f16_bits,
     le_f16,
-    le_u16,
     nan_ignoring,
     put_u16,
     roundf,
@@ -62,15 +61,6 @@ def _ue4m3_table() -> np.ndarray:
 
 
 _UE4M3 = _ue4m3_table()
-_POW3 = np.array([1, 3, 9, 27, 81], np.uint8)
-
-
-def _trits(q: np.ndarray, n: int) -> np.ndarray:
-    """TQ1_0 digit extraction: ``((uint8_t)(q * 3^k) * 3) >> 8`` for k < n → (..., n, bytes)."""
-    qk = (q[..., None, :].astype(np.uint16) * _POW3[:n, None]) & 0xFF
-    return ((qk * 3) >> 8).astype(np.int32)
-
-
 # --------------------------------------------------------------------------- fast dequantize helpers
 #
 # Every dequantizer here is ``value * scale`` where the value is a small integer (a trit, a
@@ -81,10 +71,12 @@ def _trits(q: np.ndarray, n: int) -> np.ndarray:
 # the output: a per-block loop of numpy calls, or (n, 32)-shaped broadcasts, would cost more
 # than the arithmetic (see legacy.py's docstring).
 
+_QUIET = dict(over="ignore", invalid="ignore")
 _LO4 = np.uint64(0x0F0F0F0F0F0F0F0F)
 _LO2 = np.uint64(0x0303030303030303)
 _7F = np.uint64(0x7F7F7F7F7F7F7F7F)
 _80 = np.uint64(0x8080808080808080)
+_SHIFTS2 = np.array([0, 2, 4, 6], np.uint64)[:, None]
 _E8M0_HALF = _e8m0_half(np.arange(256))  # ggml_e8m0_to_fp32_half of every byte
 
 
@@ -106,6 +98,12 @@ def _f16(q: np.ndarray, offset: int) -> np.ndarray:
 def _flat(out: np.ndarray) -> np.ndarray:
     """A contiguous 1-D float32 array to build ``out`` in: ``out`` itself when it can be."""
     return out.reshape(-1) if out.flags.c_contiguous else np.empty(out.size, F32)
+
+
+def _scale(flat: np.ndarray, factor: np.ndarray) -> None:
+    """``flat *= factor`` (inf/NaN scales in the data give inf/NaN, as in C: no warnings)."""
+    with np.errstate(**_QUIET):
+        np.multiply(flat, factor, out=flat)
 
 
 def _finish(out: np.ndarray, flat: np.ndarray) -> None:
@@ -163,26 +161,25 @@ def dequantize_tq1_0_into(q: np.ndarray, out: np.ndarray) -> None:
     """Digit k of byte b is ``xi = ((uint8_t)(b * 3^k) * 3) >> 8``, i.e. 0 below 86, 1 below
     171, else 2 for ``x = (uint8_t)(b * 3^k)``; ``(float)(xi - 1) * d``.  Section by section
     (32 qs bytes x 5 digits, 16 qs bytes x 5, 4 qh bytes x 4) digit k of byte m goes to
-    element ``start + width*k + m``: all digits of all sections in one (5, 52n) pass, then
-    one unit copy per section into block order."""
+    element ``start + width*k + m``: the sections' bytes one after another, all digits of
+    all of them in one (5, 52n) pass, then one unit copy per section into block order."""
     q = _rows(q)
     n = q.shape[0]
     src = np.empty(52 * n, np.uint8)  # the three sections one after another
     for off, size, _ in _TQ1_SECTIONS:
-        src[off * n : (off + size) * n] = _field(q, off, size).reshape(-1)
+        src[off * n : (off + size) * n].view(f"V{size}")[...] = q[:, off : off + size].view(f"V{size}")[:, 0]
     x = np.multiply(src, _POW3_8)  # (5, 52n) uint8: b * 3^k, wrapping as uint8_t does
     v = np.greater(x, np.uint8(85)).view(np.int8)
     np.subtract(v, np.less_equal(x, np.uint8(170)).view(np.int8), out=v)  # xi - 1
     z = np.empty((n, 256), np.int8)
     start = 0
-    for off, size, digits in _TQ1_SECTIONS:
-        dst = z[:, start : start + size * digits].view(f"V{size}")  # (n, digits)
-        part = v[:digits, off * n : (off + size) * n].reshape(digits, n, size)
-        dst[...] = part.view(f"V{size}")[..., 0].T
+    for off, size, digits in _TQ1_SECTIONS:  # z[:, start + size*k + m] = v[k, off*n + size*i + m]
+        part = v[:digits, off * n : (off + size) * n].view(f"V{size}")  # (digits, n) units
+        z[:, start : start + size * digits].view(f"V{size}")[...] = part.T
         start += size * digits
     flat = _flat(out)
     np.copyto(flat, z.reshape(-1), casting="unsafe")
-    np.multiply(flat, np.repeat(_f16(q, 52), 256), out=flat)
+    _scale(flat, np.repeat(_f16(q, 52), 256))
     _finish(out, flat)
 
 
@@ -218,9 +215,7 @@ def dequantize_tq2_0_into(q: np.ndarray, out: np.ndarray) -> None:
     q = _rows(q)
     n = q.shape[0]
     w = _field(q, 0, 64).reshape(-1).view(np.uint64)  # (8n,)
-    t = np.empty((4, w.size), np.uint64)  # shift l, then the bytes
-    for sh in range(4):
-        np.right_shift(w, np.uint64(2 * sh), out=t[sh])
+    t = np.right_shift(w, _SHIFTS2)  # (4, 8n): shift l, then the bytes
     np.bitwise_and(t, _LO2, out=t)
     np.add(t, _7F, out=t)  # q + 0x7f <= 0x82: no carry between bytes
     np.bitwise_xor(t, _80, out=t)  # ^ 0x80: q - 1 as int8
@@ -228,7 +223,7 @@ def dequantize_tq2_0_into(q: np.ndarray, out: np.ndarray) -> None:
     z.view("V32")[:, :, 0][...] = t.view(np.uint8).reshape(4, 2 * n, 32).view("V32")[..., 0].T
     flat = _flat(out)
     np.copyto(flat, z.reshape(-1).view(np.int8), casting="unsafe")
-    np.multiply(flat, np.repeat(_f16(q, 64), 256), out=flat)
+    _scale(flat, np.repeat(_f16(q, 64), 256))
     _finish(out, flat)
 
 
@@ -250,7 +245,7 @@ def dequantize_mxfp4_into(q: np.ndarray, out: np.ndarray) -> None:
     q = _rows(q)
     flat = _flat(out)
     _lookup_into(_nibbles(_field(q, 1, 16)), _PAIRS_FP4, flat)
-    np.multiply(flat, np.repeat(_E8M0_HALF.take(q[:, 0]), 32), out=flat)
+    _scale(flat, np.repeat(_E8M0_HALF.take(q[:, 0]), 32))
     _finish(out, flat)
 
 
@@ -313,7 +308,7 @@ def dequantize_nvfp4_into(q: np.ndarray, out: np.ndarray) -> None:
     q = _rows(q)
     flat = _flat(out)
     _lookup_into(_nibbles(_field(q, 4, 32).reshape(-1, 8)), _PAIRS_FP4, flat)
-    np.multiply(flat, np.repeat(_UE4M3.take(_field(q, 0, 4).reshape(-1)), 16), out=flat)
+    _scale(flat, np.repeat(_UE4M3.take(_field(q, 0, 4).reshape(-1)), 16))
     _finish(out, flat)
 
 
@@ -361,7 +356,7 @@ def dequantize_iq4_nl_into(q: np.ndarray, out: np.ndarray) -> None:
     q = _rows(q)
     flat = _flat(out)
     _lookup_into(_nibbles(_field(q, 2, 16)), _PAIRS_IQ4NL, flat)
-    np.multiply(flat, np.repeat(_f16(q, 0), 32), out=flat)
+    _scale(flat, np.repeat(_f16(q, 0), 32))
     _finish(out, flat)
 
 
@@ -389,10 +384,11 @@ def dequantize_iq4_xs_into(q: np.ndarray, out: np.ndarray) -> None:
     """``dl = d * (ls - 32)``; ``dl * kvalues_iq4nl[qs[16ib + j] & 0xf]`` → element 32ib + j,
     ``[... >> 4]`` → 32ib + 16 + j."""
     q = _rows(q)
-    dl = np.repeat(_f16(q, 0), 8) * _iq4_xs_scales(q)  # (8n,), exact
+    with np.errstate(**_QUIET):
+        dl = np.repeat(_f16(q, 0), 8) * _iq4_xs_scales(q)  # (8n,), exact
     flat = _flat(out)
     _lookup_into(_nibbles(_field(q, 8, 128).reshape(-1, 16)), _PAIRS_IQ4NL, flat)
-    np.multiply(flat, np.repeat(dl, 32), out=flat)
+    _scale(flat, np.repeat(dl, 32))
     _finish(out, flat)
 
 
