@@ -302,15 +302,16 @@ def small_type_special_blocks(t: G, n_blocks: int, seed: int) -> np.ndarray:
 
 @pytest.mark.parametrize("t", SMALL_TYPES, ids=lambda t: t.name)
 def test_small_types_with_special_scales_dequantize_as_ggml_does(t):
-    # 256 blocks: every E8M0 / UE4M3 byte and every special fp16 d, several times; over a
-    # chunk boundary (chunk_elements) and with an odd block count too
+    # 256 blocks: every E8M0 / UE4M3 byte and every special fp16 d, several times; small
+    # chunks, an odd block count, and 1100 blocks in one chunk (past TQ1_0's cached pattern)
     bs = TYPE_TRAITS[t].block_size
-    for n_blocks in (256, 67):
+    for n_blocks in (256, 67, 1100):
         q = small_type_special_blocks(t, n_blocks, n_blocks)
         n = n_blocks * bs
         want = ggml_quant.dequantize(int(t), q, n)
         assert_same_floats(dequantize(q, t, (n,)), want)
         assert_same_floats(dequantize(q, t, (n,), chunk_elements=5 * bs), want)
+        assert_same_floats(dequantize(q, t, (n,), chunk_elements=1 << 20), want)  # > 1024 blocks at once
 
 
 @pytest.mark.parametrize("t", SMALL_TYPES, ids=lambda t: t.name)
