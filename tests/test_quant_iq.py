@@ -76,6 +76,39 @@ def test_a_larger_tensor_in_small_chunks_dequantizes_as_ggml_does(t):
     assert_same_floats(got.reshape(-1), ggml_dequantize(t, q))
 
 
+@pytest.mark.parametrize("t", GRID_TYPES, ids=ids)
+def test_nan_and_inf_scales_give_the_exact_bits_ggml_gives_sign_of_nan_included(t):
+    # assert_same_floats lets NaNs differ; ggml flips the sign bit of NaN values too
+    q = random_blocks(t, 64, 5)
+    halves = np.array([0x7E00, 0xFE00, 0x7C01, 0xFC01, 0x7C00, 0xFC00, 0x8000, 0x0001], "<u2")
+    d = np.tile(halves, 8)
+    if t == G.IQ1_M:
+        sc = q[:, 48:56].copy().view("<u2").astype(np.uint32)
+        sc = (sc & 0x0FFF) | (((d[:, None].astype(np.uint32) >> np.array([0, 4, 8, 12])) & 0xF) << 12)
+        q[:, 48:56] = sc.astype("<u2").view(np.uint8)
+    else:
+        q[:, 0:2] = d.view(np.uint8).reshape(-1, 2)
+    got = dequantize(q, t, (64 * 256,))
+    want = ggml_dequantize(t, q)
+    assert np.isnan(want).any()
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+@pytest.mark.parametrize("t", GRID_TYPES, ids=ids)
+def test_grid_codecs_read_strided_blocks_and_write_strided_outputs(t):
+    from gguflite.quant import CODECS
+
+    q = random_blocks(t, 6, int(t) + 1)
+    want = ggml_dequantize(t, q).reshape(6, 256)
+    wide = np.zeros((6, 2 * q.shape[1]), np.uint8)
+    wide[:, ::2] = q  # blocks whose bytes are not adjacent
+    assert_same_floats(CODECS[t].dequantize(wide[:, ::2]), want)
+    out = np.full((6, 512), 7.0, np.float32)
+    CODECS[t].dequantize_into(q, out[:, ::2])  # an output whose floats are not adjacent
+    assert_same_floats(np.ascontiguousarray(out[:, ::2]), want)
+    assert (out[:, 1::2] == 7.0).all()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("t", GRID_TYPES, ids=ids)
 def test_blocks_written_by_ggml_quantizer_decode_as_ggml_decodes_them(t):

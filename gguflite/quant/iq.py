@@ -154,15 +154,24 @@ def _lookup(table: np.ndarray, keys: np.ndarray, dtype) -> np.ndarray:
     return table.take(keys).view(dtype)
 
 
-def _scale_into(rows: np.ndarray, scale: np.ndarray, out: np.ndarray) -> None:
-    """``out`` (n, 256) = gathered signed grid values × the per-group ``scale`` (n, k)."""
+def _scale_into(rows: np.ndarray, scale: np.ndarray, out: np.ndarray, signed: bool = False) -> None:
+    """``out`` (n, 256) = gathered grid values × the per-group ``scale`` (n, k).
+
+    ``signed``: the rows carry C's ``(sign ? -1.f : 1.f)`` factor.  ggml's compiled loop applies
+    it as a sign-bit flip, which also flips a NaN (a product with -1 would not), so groups
+    with a NaN scale get the sign bits of their rows."""
     w = 256 // scale.shape[1]
     v = rows.view(F32).reshape(-1, w)
+    dst = out.reshape(-1, w) if out.flags.c_contiguous else np.empty(v.shape, F32)
     with np.errstate(**_QUIET):
-        if out.flags.c_contiguous:
-            np.multiply(v, scale.reshape(-1, 1), out=out.reshape(-1, w))
-        else:
-            out[...] = (v * scale.reshape(-1, 1)).reshape(out.shape)
+        np.multiply(v, scale.reshape(-1, 1), out=dst)
+    if signed:
+        nan = np.isnan(scale.reshape(-1))
+        if nan.any():
+            bits = dst.view(np.uint32)
+            bits[nan] ^= v.view(np.uint32)[nan] & np.uint32(0x80000000)
+    if not out.flags.c_contiguous:
+        out[...] = dst.reshape(out.shape)
 
 
 def _times_d(d: np.ndarray, factor: np.ndarray) -> np.ndarray:
@@ -183,14 +192,14 @@ def dequantize_iq2_xxs_into(q: np.ndarray, out: np.ndarray) -> None:
     for l in range(4):
         np.bitwise_or(idx[:, l], (aux >> (7 * l)) & 127, out=idx[:, l])
     scale = _times_d(_f16(q), _F_IQ2.take(aux >> 28).reshape(n, 8))
-    _scale_into(t.iq2xxs.take(idx), scale, out)
+    _scale_into(t.iq2xxs.take(idx), scale, out, signed=True)
 
 
 def dequantize_iq2_xs_into(q: np.ndarray, out: np.ndarray) -> None:
     q, t = _rows(q), _tables()
     qs = _field(q, 2, 64).view("<u2")  # (n, 32): grid | sign index << 9, the table's index
     scale = _times_d(_f16(q), _lookup(_NIB_IQ2, _field(q, 66, 8), F32))  # (n, 16)
-    _scale_into(t.iq2xs.take(qs), scale, out)
+    _scale_into(t.iq2xs.take(qs), scale, out, signed=True)
 
 
 def dequantize_iq2_s_into(q: np.ndarray, out: np.ndarray) -> None:
@@ -202,7 +211,7 @@ def dequantize_iq2_s_into(q: np.ndarray, out: np.ndarray) -> None:
     np.bitwise_or(base, signs & 15, out=idx[..., 0])
     np.bitwise_or(base, (signs >> 4) | 16, out=idx[..., 1])
     scale = _times_d(_f16(q), _lookup(_NIB_IQ2, _field(q, 74, 8), F32))  # (n, 16)
-    _scale_into(t.iq2s.take(idx), scale, out)
+    _scale_into(t.iq2s.take(idx), scale, out, signed=True)
 
 
 # --------------------------------------------------------------------------- IQ3
@@ -220,7 +229,7 @@ def dequantize_iq3_xxs_into(q: np.ndarray, out: np.ndarray) -> None:
     np.bitwise_or(idx[:, 0], (ks & 15).reshape(-1), out=idx[:, 0])
     np.bitwise_or(idx[:, 1], (ks >> 4).reshape(-1), out=idx[:, 1])
     scale = _times_d(_f16(q), _F_IQ3XXS.take(aux >> 28).reshape(n, 8))
-    _scale_into(t.iq3xxs.take(idx), scale, out)
+    _scale_into(t.iq3xxs.take(idx), scale, out, signed=True)
 
 
 def dequantize_iq3_s_into(q: np.ndarray, out: np.ndarray) -> None:
@@ -233,7 +242,7 @@ def dequantize_iq3_s_into(q: np.ndarray, out: np.ndarray) -> None:
     np.bitwise_or(idx[:, 0], signs & 15, out=idx[:, 0])
     np.bitwise_or(idx[:, 1], signs >> 4, out=idx[:, 1])
     scale = _times_d(_f16(q), _lookup(_NIB_ODD, _field(q, 106, 4), F32))  # (n, 8): 1 + 2*s
-    _scale_into(t.iq3s.take(idx), scale, out)
+    _scale_into(t.iq3s.take(idx), scale, out, signed=True)
 
 
 # --------------------------------------------------------------------------- IQ1
