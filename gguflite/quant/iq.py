@@ -19,6 +19,27 @@ All blocks hold 256 values.  Scales as in ggml-quants.c, float32 in C order: IQ2
 A "sign index" (7 bits) names the signs of 8 values through ``ksigns_iq2xs``: the 7 bits are
 the first 7 signs and the 8th makes the number of negative signs even (``_ksigns``).
 
+Exactness and speed.  Every finite value is exact in float32 whatever the order of the
+products: d is an fp16 (11 significant bits), the sub-block factor ((0.5+s)/4, (0.5+s)/2,
+1+2s: at most 5 bits), the grid value (at most 6 bits; IQ1's grid + delta times 2s+1: 8
+bits) and the sign, so no product rounds, overflows or underflows.  inf and 0 scales give the
+same signs in any order (no factor is zero), and a NaN d comes out as the same quiet NaN
+(mulss and numpy's mulps return a NaN operand unchanged, quieted); only the sign needs care:
+ggml's compiled loop negates by flipping the sign bit, NaN included (``_scale_into``).  So
+a value is computed as
+
+    (signed grid row, gathered from a float32 table)  x  (d * sub-block factor)
+
+with IQ1's ``2*s + 1`` folded into its table, so that the second factor is d alone.  The
+tables hold whole rows of 8 (or 4) values, gathered with ``take`` on a 1-D ``"V32"``
+(``"V16"``) view, one call per chunk (fancy indexing of (n, k, 8) arrays is several times
+slower); the product with the per-group scale writes straight into ``out`` (the codecs are
+``dequantize_into`` ones).  Index and scale fields are read from contiguous copies of the
+byte fields and split with small lookup tables (scale byte → its two nibble factors, qh byte
+→ shifted high index bits) instead of (n, k, 4)-shaped broadcasts, whose per-row overhead
+is larger than the work.  Per chunk of 1 MB of output the temporaries are the gathered rows
+(1 MB) and the int64 indices (256-512 KB), under glibc's trim threshold.
+
 Big-endian files: the fields swapped are the ones ggml's code reads as multi-byte integers
 (the f16 d; IQ2_XXS and IQ3_XXS's u32 words, IQ2_XS's u16 qs, IQ1_S's u16 qh, IQ1_M's u16
 scales); the rest are bytes.
