@@ -280,12 +280,12 @@ def test_q8_k_blocks_with_inf_nan_and_zero_scales_dequantize_as_ggml_does():
     assert_same_floats(dequantize(q, G.Q8_K, (8, 256)).reshape(-1), want)
 
 
-SMALL_TYPES = [G.TQ1_0, G.TQ2_0, G.MXFP4, G.NVFP4, G.IQ4_NL, G.IQ4_XS]
+SMALL_TYPES = [G.TQ1_0, G.TQ2_0, G.MXFP4, G.NVFP4, G.Q1_0, G.Q2_0, G.IQ4_NL, G.IQ4_XS]
 
 
 def small_type_special_blocks(t: G, n_blocks: int, seed: int) -> np.ndarray:
     """Random blocks whose scale fields take every special value: fp16 d from F16_SPECIALS
-    (TQ1_0, TQ2_0, IQ4_NL, IQ4_XS), every E8M0 byte (MXFP4: 0 and 1 are the denormal
+    (TQ1_0, TQ2_0, Q1_0, Q2_0, IQ4_NL, IQ4_XS), every E8M0 byte (MXFP4: 0 and 1 are the denormal
     patterns, 254/255 give 2^126/2^127), every UE4M3 byte (NVFP4: 0 and 0x7f are zero)."""
     q = random_blocks(t, n_blocks, seed)
     rng = np.random.default_rng(seed)

@@ -317,10 +317,30 @@ def dequantize_nvfp4_into(q: np.ndarray, out: np.ndarray) -> None:
 # --------------------------------------------------------------------------- Q1_0 / Q2_0
 
 
-def dequantize_q1_0(q: np.ndarray) -> np.ndarray:
-    d = le_f16(q, 0)[:, None]
-    bits = np.unpackbits(q[:, 2:], axis=1, bitorder="little")
-    return np.where(bits != 0, d, -d)
+def _byte_table(values: np.ndarray, per_byte: int, bits: int) -> np.ndarray:
+    """byte → its ``per_byte`` fields of ``bits`` bits, low bits first, as the float32 values
+    ``values[field]``: a (256, per_byte) table whose rows are gathered as whole units."""
+    b = np.arange(256)[:, None] >> (bits * np.arange(per_byte))[None, :]
+    return np.ascontiguousarray(values.astype(F32)[b & ((1 << bits) - 1)])
+
+
+_Q1_ROWS = _byte_table(np.array([-1, 1]), 8, 1).view("V32")[:, 0]  # bit j of byte i → element 8i + j
+_Q2_ROWS = _byte_table(np.array([-1, 0, 1, 2]), 4, 2).view("V16")[:, 0]  # bits 2k.. → element 4i + k
+
+
+def _rows_into(q: np.ndarray, rows: np.ndarray, out: np.ndarray, block_size: int) -> None:
+    """``value(field) * d`` with one table row gathered per ``qs`` byte (the fields of a byte
+    are consecutive elements) and ``d`` the fp16 at byte 0."""
+    q = _rows(q)
+    flat = _flat(out)
+    rows.take(_field(q, 2, 16).reshape(-1), out=flat.view(rows.dtype), mode="wrap")
+    _scale(flat, np.repeat(_f16(q, 0), block_size))
+    _finish(out, flat)
+
+
+def dequantize_q1_0_into(q: np.ndarray, out: np.ndarray) -> None:
+    """``bit ? d : -d`` (as ``(+-1.0f) * d``: the same value, NaN aside)."""
+    _rows_into(q, _Q1_ROWS, out, 128)
 
 
 def quantize_q1_0(x: np.ndarray) -> np.ndarray:
@@ -331,10 +351,9 @@ def quantize_q1_0(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def dequantize_q2_0(q: np.ndarray) -> np.ndarray:
-    d = le_f16(q, 0)
-    v = (q[:, 2:, None] >> np.array([0, 2, 4, 6], np.uint8)) & 3  # (n, 16, 4): element 4*byte + k
-    return (v.reshape(-1, 64).astype(np.int32) - 1).astype(F32) * d[:, None]
+def dequantize_q2_0_into(q: np.ndarray, out: np.ndarray) -> None:
+    """``(float)(((qs[i] >> 2k) & 3) - 1) * d`` → element 4i + k."""
+    _rows_into(q, _Q2_ROWS, out, 64)
 
 
 def quantize_q2_0(x: np.ndarray) -> np.ndarray:
@@ -399,8 +418,8 @@ CODECS: dict[int, Codec] = {
     GGMLType.TQ2_0: into_codec(quantize_tq2_0, dequantize_tq2_0_into, ((64, 2, 1),), 256),
     GGMLType.MXFP4: into_codec(quantize_mxfp4, dequantize_mxfp4_into, (), 32),
     GGMLType.NVFP4: into_codec(quantize_nvfp4, dequantize_nvfp4_into, (), 64),
-    GGMLType.Q1_0: Codec(quantize_q1_0, dequantize_q1_0, ((0, 2, 1),)),
-    GGMLType.Q2_0: Codec(quantize_q2_0, dequantize_q2_0, ((0, 2, 1),)),
+    GGMLType.Q1_0: into_codec(quantize_q1_0, dequantize_q1_0_into, ((0, 2, 1),), 128),
+    GGMLType.Q2_0: into_codec(quantize_q2_0, dequantize_q2_0_into, ((0, 2, 1),), 64),
     GGMLType.IQ4_NL: into_codec(None, dequantize_iq4_nl_into, ((0, 2, 1),), 32),
     GGMLType.IQ4_XS: into_codec(None, dequantize_iq4_xs_into, ((0, 2, 2),), 256),
 }
