@@ -12,6 +12,23 @@ Layouts (bytes):
     Q2_0   [f16 d][16 B: 2 bits, q-1 in {-1,0,1,2}]                    18 / 64
     IQ4_NL [f16 d][16 qs: indices into kvalues_iq4nl]                  18 / 32
     IQ4_XS [f16 d][u16 scales_h][4 scales_l][128 qs]                  136 / 256
+
+Dequantizing.  Every dequantizer is ``value * scale``: a small integer (a trit, a 2-bit
+code, an E2M1 or IQ4 table entry; IQ4_XS: times its 6-bit sub-block scale) times an fp16 /
+E8M0 / UE4M3 field.  The float32 product is exact (at most 24 significant bits), so any
+operand order gives C's value and only the inputs must match.  The codecs write into the
+caller's chunk of output (``dequantize_into``) in a few whole-chunk passes, as legacy.py's
+(see its docstring: per-block numpy calls and (n, 32)-shaped broadcasts cost more than the
+arithmetic):
+
+* the values in block order: nibbles and 2-bit codes unpacked on 8-byte words and moved
+  with 1-D copies of 16/32-byte units; TQ1_0's base-3 digits from uint8 products and two
+  compares, after each section's bytes are copied to all their digits' places;
+* then either one int8 → float32 conversion (ternary types), or one ``take`` from a small
+  table of float rows: two nibble values per uint16 of nibble bytes (IQ4, FP4), all the
+  values of one ``qs`` byte (Q1_0: 8, Q2_0: 4);
+* one multiply by the per-block scale ``np.repeat``-ed to the output size (fp16 fields
+  read through a 64 Ki-entry table, E8M0/UE4M3 through 256-entry ones).
 """
 from __future__ import annotations
 
@@ -61,15 +78,9 @@ def _ue4m3_table() -> np.ndarray:
 
 
 _UE4M3 = _ue4m3_table()
-# --------------------------------------------------------------------------- fast dequantize helpers
-#
-# Every dequantizer here is ``value * scale`` where the value is a small integer (a trit, a
-# 2-bit code, an E2M1 or IQ4 table entry) and the scale an fp16 / E8M0 / UE4M3 field: the
-# float32 product is exact (at most 11 + 7 significant bits), so only the inputs need to
-# match C.  The codecs build the values in block order with whole-array operations (8-byte
-# words, 1-D copies of 16/32/64-byte units), then convert and scale in two float passes over
-# the output: a per-block loop of numpy calls, or (n, 32)-shaped broadcasts, would cost more
-# than the arithmetic (see legacy.py's docstring).
+
+
+# --------------------------------------------------------------------------- dequantize helpers
 
 _QUIET = dict(over="ignore", invalid="ignore")
 _LO4 = np.uint64(0x0F0F0F0F0F0F0F0F)
