@@ -25,7 +25,7 @@ products: d is an fp16 (11 significant bits), the sub-block factor ((0.5+s)/4, (
 bits) and the sign, so no product rounds, overflows or underflows.  inf and 0 scales give the
 same signs in any order (no factor is zero), and a NaN d comes out as the same quiet NaN
 (mulss and numpy's mulps return a NaN operand unchanged, quieted); only the sign needs care:
-ggml's compiled loop negates by flipping the sign bit, NaN included (``_scale_into``).  So
+ggml's compiled loop negates by flipping the sign bit, NaN included (``_gather_into``).  So
 a value is computed as
 
     (signed grid row, gathered from a float32 table)  x  (d * sub-block factor)
@@ -33,12 +33,12 @@ a value is computed as
 with IQ1's ``2*s + 1`` folded into its table, so that the second factor is d alone.  The
 tables hold whole rows of 8 (or 4) values, gathered with ``take`` on a 1-D ``"V32"``
 (``"V16"``) view, one call per chunk (fancy indexing of (n, k, 8) arrays is several times
-slower); the product with the per-group scale writes straight into ``out`` (the codecs are
-``dequantize_into`` ones).  Index and scale fields are read from contiguous copies of the
+slower), straight into ``out`` (the codecs are ``dequantize_into`` ones), where the product
+with the per-group scale happens in place.  Index and scale fields are read from contiguous copies of the
 byte fields and split with small lookup tables (scale byte → its two nibble factors, qh byte
 → shifted high index bits) instead of (n, k, 4)-shaped broadcasts, whose per-row overhead
-is larger than the work.  Per chunk of 1 MB of output the temporaries are the gathered rows
-(1 MB) and the int64 indices (256-512 KB), under glibc's trim threshold.
+is larger than the work.  Per chunk of 1 MB of output the largest temporaries are the int64
+indices (256-512 KB), well under glibc's trim threshold.
 
 Big-endian files: the fields swapped are the ones ggml's code reads as multi-byte integers
 (the f16 d; IQ2_XXS and IQ3_XXS's u32 words, IQ2_XS's u16 qs, IQ1_S's u16 qh, IQ1_M's u16
@@ -175,24 +175,31 @@ def _lookup(table: np.ndarray, keys: np.ndarray, dtype) -> np.ndarray:
     return table.take(keys).view(dtype)
 
 
-def _scale_into(rows: np.ndarray, scale: np.ndarray, out: np.ndarray, signed: bool = False) -> None:
-    """``out`` (n, 256) = gathered grid values × the per-group ``scale`` (n, k).
+def _gather_into(table: np.ndarray, idx: np.ndarray, scale: np.ndarray, out: np.ndarray,
+                 signed: bool = False) -> None:
+    """``out`` (n, 256) = the ``table`` rows at ``idx`` (in value order) × the per-group
+    ``scale`` (n, k).
 
-    ``signed``: the rows carry C's ``(sign ? -1.f : 1.f)`` factor.  ggml's compiled loop applies
-    it as a sign-bit flip, which also flips a NaN (a product with -1 would not), so groups
-    with a NaN scale get the sign bits of their rows."""
+    The rows are gathered straight into ``out`` and scaled in place: ``take`` with
+    ``mode="wrap"`` writes into ``out`` directly ("raise" gathers into a temporary first), and
+    the indices are in range by construction.  ``signed``: the rows carry C's ``(sign ? -1.f :
+    1.f)`` factor; ggml's compiled loop applies it as a sign-bit flip, which also flips a NaN
+    (a product with -1 would not), so groups with a NaN scale get the sign bits of their rows."""
     w = 256 // scale.shape[1]
-    v = rows.view(F32).reshape(-1, w)
-    dst = out.reshape(-1, w) if out.flags.c_contiguous else np.empty(v.shape, F32)
+    dst = out if out.flags.c_contiguous else np.empty(out.shape, F32)
+    idx = idx.reshape(-1)
+    table.take(idx, out=dst.reshape(-1).view(table.dtype), mode="wrap")
+    v = dst.reshape(-1, w)
     with np.errstate(**_QUIET):
-        np.multiply(v, scale.reshape(-1, 1), out=dst)
+        np.multiply(v, scale.reshape(-1, 1), out=v)
     if signed:
         nan = np.isnan(scale.reshape(-1))
-        if nan.any():
-            bits = dst.view(np.uint32)
-            bits[nan] ^= v.view(np.uint32)[nan] & np.uint32(0x80000000)
-    if not out.flags.c_contiguous:
-        out[...] = dst.reshape(out.shape)
+        if nan.any():  # rare: gather the rows again for their signs
+            rows = table.take(idx).view(np.uint32).reshape(-1, w)
+            bits = v.view(np.uint32)
+            bits[nan] ^= rows[nan] & np.uint32(0x80000000)
+    if dst is not out:
+        out[...] = dst
 
 
 def _times_d(d: np.ndarray, factor: np.ndarray) -> np.ndarray:
@@ -213,14 +220,14 @@ def dequantize_iq2_xxs_into(q: np.ndarray, out: np.ndarray) -> None:
     for l in range(4):
         np.bitwise_or(idx[:, l], (aux >> (7 * l)) & 127, out=idx[:, l])
     scale = _times_d(_f16(q), _F_IQ2.take(aux >> 28).reshape(n, 8))
-    _scale_into(t.iq2xxs.take(idx), scale, out, signed=True)
+    _gather_into(t.iq2xxs, idx, scale, out, signed=True)
 
 
 def dequantize_iq2_xs_into(q: np.ndarray, out: np.ndarray) -> None:
     q, t = _rows(q), _tables()
     qs = _field(q, 2, 64).view("<u2")  # (n, 32): grid | sign index << 9, the table's index
     scale = _times_d(_f16(q), _lookup(_NIB_IQ2, _field(q, 66, 8), F32))  # (n, 16)
-    _scale_into(t.iq2xs.take(qs), scale, out, signed=True)
+    _gather_into(t.iq2xs, qs, scale, out, signed=True)
 
 
 def dequantize_iq2_s_into(q: np.ndarray, out: np.ndarray) -> None:
@@ -232,7 +239,7 @@ def dequantize_iq2_s_into(q: np.ndarray, out: np.ndarray) -> None:
     np.bitwise_or(base, signs & 15, out=idx[..., 0])
     np.bitwise_or(base, (signs >> 4) | 16, out=idx[..., 1])
     scale = _times_d(_f16(q), _lookup(_NIB_IQ2, _field(q, 74, 8), F32))  # (n, 16)
-    _scale_into(t.iq2s.take(idx), scale, out, signed=True)
+    _gather_into(t.iq2s, idx, scale, out, signed=True)
 
 
 # --------------------------------------------------------------------------- IQ3
@@ -250,7 +257,7 @@ def dequantize_iq3_xxs_into(q: np.ndarray, out: np.ndarray) -> None:
     np.bitwise_or(idx[:, 0], (ks & 15).reshape(-1), out=idx[:, 0])
     np.bitwise_or(idx[:, 1], (ks >> 4).reshape(-1), out=idx[:, 1])
     scale = _times_d(_f16(q), _F_IQ3XXS.take(aux >> 28).reshape(n, 8))
-    _scale_into(t.iq3xxs.take(idx), scale, out, signed=True)
+    _gather_into(t.iq3xxs, idx, scale, out, signed=True)
 
 
 def dequantize_iq3_s_into(q: np.ndarray, out: np.ndarray) -> None:
@@ -263,7 +270,7 @@ def dequantize_iq3_s_into(q: np.ndarray, out: np.ndarray) -> None:
     np.bitwise_or(idx[:, 0], signs & 15, out=idx[:, 0])
     np.bitwise_or(idx[:, 1], signs >> 4, out=idx[:, 1])
     scale = _times_d(_f16(q), _lookup(_NIB_ODD, _field(q, 106, 4), F32))  # (n, 8): 1 + 2*s
-    _scale_into(t.iq3s.take(idx), scale, out, signed=True)
+    _gather_into(t.iq3s, idx, scale, out, signed=True)
 
 
 # --------------------------------------------------------------------------- IQ1
@@ -272,7 +279,7 @@ def dequantize_iq3_s_into(q: np.ndarray, out: np.ndarray) -> None:
 def _iq1_into(d: np.ndarray, qs: np.ndarray, bits: np.ndarray, out: np.ndarray) -> None:
     """``out`` = d × the ``iq1s`` rows at ``qs | bits`` (low 8 grid bits | the rest), (n, 32)."""
     idx = np.bitwise_or(qs, bits).astype(np.intp)  # int16 | then one cast: cheaper than mixed
-    _scale_into(_tables().iq1s.take(idx), d, out)
+    _gather_into(_tables().iq1s, idx, d, out)
 
 
 def dequantize_iq1_s_into(q: np.ndarray, out: np.ndarray) -> None:
