@@ -87,7 +87,6 @@ _LO4 = np.uint64(0x0F0F0F0F0F0F0F0F)
 _LO2 = np.uint64(0x0303030303030303)
 _7F = np.uint64(0x7F7F7F7F7F7F7F7F)
 _80 = np.uint64(0x8080808080808080)
-_SHIFTS2 = np.array([0, 2, 4, 6], np.uint64)[:, None]
 _E8M0_HALF = _e8m0_half(np.arange(256))  # ggml_e8m0_to_fp32_half of every byte
 
 
@@ -187,8 +186,9 @@ def dequantize_tq1_0_into(q: np.ndarray, out: np.ndarray) -> None:
         start += size * digits
     np.multiply(x, _TQ1_POW3[:n] if n <= _TQ1_POW3.shape[0] else _TQ1_POW3[0], out=x)  # uint8_t wrap
     z = np.greater(x, np.uint8(85)).view(np.int8)
-    np.subtract(z, np.less_equal(x, np.uint8(170)).view(np.int8), out=z)  # xi - 1
-    del x
+    le = np.less_equal(x, np.uint8(170), out=x.view(np.bool_)).view(np.int8)  # in place: x is done
+    np.subtract(z, le, out=z)  # xi - 1
+    del x, le
     flat = _flat(out)
     np.copyto(flat, z.reshape(-1), casting="unsafe")
     del z
@@ -223,19 +223,28 @@ def quantize_tq1_0(x: np.ndarray) -> np.ndarray:
     return out
 
 
+# 2l for every 8-byte word of a block's values (element 128j + 32l + m: word 16j + 4l + m/8),
+# for 1024 blocks: a full-size shift operand is faster than a broadcast row
+_TQ2_SHIFTS = np.tile(np.repeat(np.array([0, 2, 4, 6] * 2, np.uint64), 4), (1024, 1))
+_TQ2_SHIFTS.flags.writeable = False
+
+
 def dequantize_tq2_0_into(q: np.ndarray, out: np.ndarray) -> None:
-    """``(float)(((qs[32j + m] >> 2l) & 3) - 1) * d`` → element 128j + 32l + m."""
+    """``(float)(((qs[32j + m] >> 2l) & 3) - 1) * d`` → element 128j + 32l + m: each 32-byte
+    half of ``qs`` copied (as one unit) to the 4 places l of its values, then shifted there."""
     q = _rows(q)
     n = q.shape[0]
-    w = _field(q, 0, 64).reshape(-1).view(np.uint64)  # (8n,)
-    t = np.right_shift(w, _SHIFTS2)  # (4, 8n): shift l, then the bytes
-    np.bitwise_and(t, _LO2, out=t)
-    np.add(t, _7F, out=t)  # q + 0x7f <= 0x82: no carry between bytes
-    np.bitwise_xor(t, _80, out=t)  # ^ 0x80: q - 1 as int8
-    z = np.empty((2 * n, 4, 32), np.uint8)  # (32-byte group j, l, m)
-    z.view("V32")[:, :, 0][...] = t.view(np.uint8).reshape(4, 2 * n, 32).view("V32")[..., 0].T
+    z = np.empty((n, 2, 4, 32), np.uint8)
+    for j in range(2):
+        z[:, j].view("V32")[..., 0] = q[:, 32 * j : 32 * j + 32].view("V32")
+    w = z.reshape(n, 32 * 8).view(np.uint64)  # (n, 32) words
+    np.right_shift(w, _TQ2_SHIFTS[:n] if n <= _TQ2_SHIFTS.shape[0] else _TQ2_SHIFTS[0], out=w)
+    np.bitwise_and(w, _LO2, out=w)
+    np.add(w, _7F, out=w)  # q + 0x7f <= 0x82: no carry between bytes
+    np.bitwise_xor(w, _80, out=w)  # ^ 0x80: q - 1 as int8
     flat = _flat(out)
     np.copyto(flat, z.reshape(-1).view(np.int8), casting="unsafe")
+    del z, w
     _scale(flat, np.repeat(_f16(q, 64), 256))
     _finish(out, flat)
 
