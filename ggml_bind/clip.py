@@ -144,9 +144,11 @@ class ClipEncoder:
         sched: the :class:`~ggml_bind.backend.Scheduler` that runs the graph (default: a new
             one over ``backend``).
         image_mode: "pad", "crop" or "anyres" to override what the file says.
+        flash_attn: None = fused attention (K and V in F16, F32 accumulation) when the backend
+            runs it, as libmtmd's auto mode does; True/False to force.
     """
 
-    def __init__(self, path, backend, sched=None, image_mode: str | None = None):
+    def __init__(self, path, backend, sched=None, image_mode: str | None = None, flash_attn: bool | None = None):
         import gguflite
 
         from .backend import Scheduler
@@ -174,6 +176,7 @@ class ClipEncoder:
         self.sched = sched if sched is not None else Scheduler([backend])
         self._ffn = self._ffn_names()
         self._check_shapes()
+        self.flash_attn = self._probe_flash_attn() if flash_attn is None else bool(flash_attn)
         self._make_constants()
         p = self.params
         n_nodes = 64 * p.n_run + 512
@@ -218,6 +221,18 @@ class ClipEncoder:
             raise MmprojError(f"{self.path}: anyres needs v.image_newline of width {p.n_out}", tensor="v.image_newline")
 
     # ------------------------------------------------------------------ graph
+    def _probe_flash_attn(self) -> bool:
+        """Whether the backend runs flash_attn_ext on this tower's attention shapes."""
+        from .tensor import Context
+
+        p = self.params
+        T, dh = p.patches_per_side ** 2 + 1, p.n_embd // p.n_head
+        with Context(n_tensors=8) as ctx:
+            q = ctx.new_tensor("f32", (p.n_head, T, dh))
+            k = ctx.new_tensor("f16", (p.n_head, T, dh))
+            v = ctx.new_tensor("f16", (p.n_head, T, dh))
+            return bool(self.backend.supports(ops.flash_attn_ext(ctx, q, k, v, None, 1.0)))
+
     def _f32(self, ctx, t):
         return t if t.type == ops.F32 else ops.cast(ctx, t, "f32")
 
@@ -257,10 +272,15 @@ class ClipEncoder:
             v = ops.reshape(ctx, self._linear(ctx, h, b + "attn_v"), (T, H, dh))
             q = ops.permute(ctx, q, (1, 0, 2))                                  # (H, T, dh)
             k = ops.permute(ctx, k, (1, 0, 2))
-            vt = ops.cont(ctx, ops.permute(ctx, v, (1, 2, 0)))                  # (H, dh, T)
-            kq = ops.soft_max_ext(ctx, ops.mul_mat(ctx, k, q), None, scale)     # (H, Tq, Tk)
-            a = ops.mul_mat(ctx, vt, kq)                                        # (H, T, dh)
-            a = ops.cont(ctx, ops.permute(ctx, a, (1, 0, 2)), (T, D))
+            if self.flash_attn:
+                k16 = ops.cast(ctx, k, "f16")                                   # (H, T, dh)
+                v16 = ops.cast(ctx, ops.permute(ctx, v, (1, 0, 2)), "f16")      # (H, T, dh)
+                a = ops.reshape(ctx, ops.flash_attn_ext(ctx, q, k16, v16, None, scale), (T, D))
+            else:
+                vt = ops.cont(ctx, ops.permute(ctx, v, (1, 2, 0)))              # (H, dh, T)
+                kq = ops.soft_max_ext(ctx, ops.mul_mat(ctx, k, q), None, scale)  # (H, Tq, Tk)
+                a = ops.mul_mat(ctx, vt, kq)                                    # (H, T, dh)
+                a = ops.cont(ctx, ops.permute(ctx, a, (1, 0, 2)), (T, D))
             x = ops.add(ctx, x, self._linear(ctx, a, b + "attn_out"))
             h = self._layer_norm(ctx, x, b + "ln2", p.eps)
             h = self._linear(ctx, h, b + self._ffn[0])

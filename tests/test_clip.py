@@ -91,9 +91,13 @@ def test_llava_hf_15_mmproj_preprocesses_as_its_clip_image_processor_without_pad
     np.testing.assert_allclose(pp.preprocess(im, enc.params.image).pixels, ref, atol=TOL, rtol=0)
 
 
+@pytest.mark.parametrize("flash_attn", [True, False], ids=["fused-attention", "mul_mat-softmax"])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_features_and_projection_equal_llava_for_conditional_generation(hf15, seed):
+def test_features_and_projection_equal_llava_for_conditional_generation(hf15, backend, seed, flash_attn):
     model, enc = hf15
+    assert enc.flash_attn  # the CPU backend runs flash_attn_ext, so the default (auto) uses it
+    if not flash_attn:
+        enc = ClipEncoder(enc.path, backend, flash_attn=False)
     prep = pp.preprocess(image(400, 300, seed), enc.params.image)
     pix = torch.tensor(prep.pixels)
     with torch.no_grad():
@@ -105,6 +109,8 @@ def test_features_and_projection_equal_llava_for_conditional_generation(hf15, se
     assert_same_tokens(enc.tile_features(prep.pixels[0]), ref_feats)
     assert_same_tokens(enc.encode(prep), ref)
     assert enc.params.tokens_per_tile == 576
+    if not flash_attn:
+        enc.free()
 
 
 # --------------------------------------------------------------------------- LLaVA-1.6 anyres
