@@ -220,14 +220,15 @@ class LlamaModel:
                 kq = ops.soft_max_ext(ctx, ops.mul_mat(ctx, K, qp), mask, scale)    # (H, n, n_kv)
                 a = ops.mul_mat(ctx, Vt, kq)                                          # (H, n, dh)
                 a = ops.cont(ctx, ops.permute(ctx, a, (1, 0, 2)), (n, H * dh))
+            if i == p.n_layer - 1 and not all_logits:  # only the last position goes on from here
+                a = ops.view(ctx, a, (1, H * dh), offset=(n - 1) * H * dh * 4)    # (1, H*dh)
+                x = ops.view(ctx, x, (1, p.n_embd), offset=(n - 1) * p.n_embd * 4)  # (1, n_embd)
             x = ops.add(ctx, x, ops.mul_mat(ctx, self._w(b + "attn_output.weight"), a))
             h = ops.mul(ctx, ops.rms_norm(ctx, x, p.rms_eps), f32(self._w(b + "ffn_norm.weight")))
             g = ops.mul_mat(ctx, self._w(b + "ffn_gate.weight"), h)
             u = ops.mul_mat(ctx, self._w(b + "ffn_up.weight"), h)
             x = ops.add(ctx, x, ops.mul_mat(ctx, self._w(b + "ffn_down.weight"), ops.swiglu_split(ctx, g, u)))
 
-        if not all_logits:  # only the last position's logits are needed
-            x = ops.view(ctx, x, (1, p.n_embd), offset=(n - 1) * p.n_embd * 4)
         x = ops.mul(ctx, ops.rms_norm(ctx, x, p.rms_eps), f32(self._w("output_norm.weight")))
         out = self.weights["output.weight"] if "output.weight" in self.weights else self._w("token_embd.weight")
         return {"logits": ops.mul_mat(ctx, out, x)}
