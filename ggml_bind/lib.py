@@ -21,13 +21,13 @@ log callback (last setter wins); call :func:`route_logs` again to take it back.
 """
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
-import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+
+from gguflite import ggml_locate
 
 from . import _cdef
 from .errors import GGMLLoadError
@@ -87,45 +87,24 @@ _callbacks: dict[str, object] = {}  # cffi callbacks must stay referenced while 
 
 def library_dir() -> Path:
     """The folder holding libggml: ``$GGML_LIBRARY_DIR`` or llama-cpp-python's ``lib``."""
-    env = os.environ.get("GGML_LIBRARY_DIR")
-    if env:
-        d = Path(env)
-        if not d.is_dir():
-            raise GGMLLoadError(f"GGML_LIBRARY_DIR={env!r} is not a folder; {_INSTALL_HINT}")
-        return d
     try:
-        spec = importlib.util.find_spec("llama_cpp")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        raise GGMLLoadError(f"libggml not found: llama_cpp is not installed; {_INSTALL_HINT}")
-    d = Path(list(spec.submodule_search_locations)[0]) / "lib"
-    if not d.is_dir():
-        raise GGMLLoadError(f"libggml not found: {d} does not exist (broken llama-cpp-python?); {_INSTALL_HINT}")
-    return d
+        return ggml_locate.library_dir()
+    except ggml_locate.LibraryNotFound as e:
+        raise GGMLLoadError(f"{e}; {_INSTALL_HINT}") from e
 
 
 def library_path(lib_dir: Path) -> Path:
-    names = _LIB_NAMES.get(sys.platform, _LIB_NAMES["linux"])
-    for name in names:
-        if (lib_dir / name).is_file():
-            return lib_dir / name
-    raise GGMLLoadError(f"no {' or '.join(names)} in {lib_dir}; {_INSTALL_HINT}")
+    try:
+        return ggml_locate.library_path(lib_dir, _LIB_NAMES)
+    except ggml_locate.LibraryNotFound as e:
+        raise GGMLLoadError(f"{e}; {_INSTALL_HINT}") from e
 
 
 def _library_version(path: Path) -> str:
-    import cffi
-
-    ffi0 = cffi.FFI()
-    ffi0.cdef("const char * ggml_version(void);")
     try:
-        lib0 = ffi0.dlopen(str(path))
-    except OSError as e:
-        raise GGMLLoadError(f"cannot load {path}: {e}; {_INSTALL_HINT}") from e
-    try:
-        return ffi0.string(lib0.ggml_version()).decode()
-    except AttributeError as e:
-        raise GGMLLoadError(f"{path} has no ggml_version(): too old for ggml_bind; {_INSTALL_HINT}") from e
+        return ggml_locate.library_version(path)
+    except ggml_locate.LibraryNotFound as e:
+        raise GGMLLoadError(f"{e} (too old for ggml_bind?); {_INSTALL_HINT}") from e
 
 
 def load() -> Loaded:

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import gguflite
+from gguflite import ggml_locate
 from gguflite.quant import DEQUANTIZABLE, QUANTIZABLE, dequantize, grids, swap_block_bytes
 from gguflite.types import TYPE_TRAITS, GGMLType as G
 
@@ -255,7 +256,7 @@ def test_a_missing_libggml_gives_an_error_that_says_what_to_install(fresh_grids,
 
 def test_without_llama_cpp_python_the_error_names_it(fresh_grids, monkeypatch):
     monkeypatch.delenv("GGML_LIBRARY_DIR", raising=False)
-    monkeypatch.setattr(grids.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(ggml_locate.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(grids.GridTablesError, match="llama_cpp is not installed.*install llama-cpp-python"):
         grids.load()
 

@@ -24,17 +24,16 @@ Nothing happens at import.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import logging
 import os
 import re
-import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .. import ggml_locate
 from ..types import TYPE_TRAITS, GGMLType
 
 log = logging.getLogger(__name__)
@@ -101,26 +100,17 @@ class Grids:
 
 def library_dir() -> Path:
     """The folder holding libggml-base: ``$GGML_LIBRARY_DIR`` or llama-cpp-python's ``lib``."""
-    env = os.environ.get("GGML_LIBRARY_DIR")
-    if env:
-        if not Path(env).is_dir():
-            raise GridTablesError(f"GGML_LIBRARY_DIR={env!r} is not a folder; {_HINT}")
-        return Path(env)
     try:
-        spec = importlib.util.find_spec("llama_cpp")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        raise GridTablesError(f"libggml not found: llama_cpp is not installed; {_HINT}")
-    return Path(list(spec.submodule_search_locations)[0]) / "lib"
+        return ggml_locate.library_dir()
+    except ggml_locate.LibraryNotFound as e:
+        raise GridTablesError(f"{e}; {_HINT}") from e
 
 
 def library_path(lib_dir: Path) -> Path:
-    names = _LIB_NAMES.get(sys.platform, _LIB_NAMES["linux"])
-    for name in names:
-        if (lib_dir / name).is_file():
-            return lib_dir / name
-    raise GridTablesError(f"no {' or '.join(names)} in {lib_dir}; {_HINT}")
+    try:
+        return ggml_locate.library_path(lib_dir, _LIB_NAMES)
+    except ggml_locate.LibraryNotFound as e:
+        raise GridTablesError(f"{e}; {_HINT}") from e
 
 
 def cache_dir() -> Path:
@@ -297,20 +287,10 @@ def _write_cache(path: Path, g: Grids) -> None:
 
 
 def _library_version(path: Path) -> str:
-    import cffi
-
-    ffi = cffi.FFI()
-    ffi.cdef("const char * ggml_version(void);")
     try:
-        lib = ffi.dlopen(str(path))
-    except OSError as e:
-        raise GridTablesError(f"cannot load {path}: {e}; {_HINT}") from e
-    try:
-        return ffi.string(lib.ggml_version()).decode()
-    except AttributeError as e:
-        raise GridTablesError(f"{path} has no ggml_version(); {_HINT}") from e
-    finally:
-        ffi.dlclose(lib)
+        return ggml_locate.library_version(path)
+    except ggml_locate.LibraryNotFound as e:
+        raise GridTablesError(f"{e}; {_HINT}") from e
 
 
 @functools.lru_cache(maxsize=1)
