@@ -460,6 +460,21 @@ def make_gguf(layout: str, root, *, outtype: str = "f16", seed: int = 0) -> tupl
     return llm, mmproj, fx
 
 
+def big_endian_bin(le_path, be_path) -> None:
+    """Rewrite a one-storage ``torch.save`` archive as a big-endian one (``byteorder`` = big,
+    float32 storage bytes swapped), as torch writes it on a big-endian machine."""
+    import zipfile
+
+    with zipfile.ZipFile(le_path) as z:
+        root = z.namelist()[0].split("/")[0]
+        pkl = z.read(f"{root}/data.pkl")
+        data = np.frombuffer(z.read(f"{root}/data/0"), "<f4").astype(">f4").tobytes()
+    with zipfile.ZipFile(be_path, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("archive/data.pkl", pkl)
+        z.writestr("archive/byteorder", "big")
+        z.writestr("archive/data/0", data)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if not argv:

@@ -8,7 +8,6 @@ view): which of this process's pages are mapped, not a timing or a memory budget
 import collections
 import os
 import struct
-import zipfile
 
 import numpy as np
 import pytest
@@ -21,6 +20,7 @@ from gguflite.convert.safetensors import SafetensorsFile, SafetensorsTensor
 from gguflite.convert.torchbin import TorchBinFile
 from gguflite.errors import GGUFError
 from gguflite.types import GGMLType, ValueType
+from tests.checkpoints import big_endian_bin
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/pagemap"),
                                 reason="page residency is read from Linux's /proc/self/pagemap")
@@ -75,14 +75,7 @@ def test_released_torch_tensors_leave_the_resident_set_strided_views_included(tm
 def test_a_released_big_endian_tensor_reads_back_in_native_order(tmp_path):
     w = np.arange(300 * 500, dtype=np.float32).reshape(300, 500)
     torch.save({"w": torch.from_numpy(w)}, tmp_path / "le.bin")
-    with zipfile.ZipFile(tmp_path / "le.bin") as z:
-        root = z.namelist()[0].split("/")[0]
-        pkl = z.read(f"{root}/data.pkl")
-        data = np.frombuffer(z.read(f"{root}/data/0"), "<f4").astype(">f4").tobytes()
-    with zipfile.ZipFile(tmp_path / "be.bin", "w", zipfile.ZIP_STORED) as z:
-        z.writestr("archive/data.pkl", pkl)
-        z.writestr("archive/byteorder", "big")
-        z.writestr("archive/data/0", data)
+    big_endian_bin(tmp_path / "le.bin", tmp_path / "be.bin")
     with TorchBinFile(tmp_path / "be.bin") as f:
         assert f.tensors["w"].load().dtype == np.dtype(">f4")
         _check_release(f, {"w": w})

@@ -13,6 +13,7 @@ import torch
 
 from gguflite.convert.torchbin import TorchBinFile
 from gguflite.errors import CheckpointError
+from tests.checkpoints import big_endian_bin
 
 
 def test_tensors_saved_by_torch_read_back_equal_to_torch_load(tmp_path):
@@ -194,14 +195,7 @@ def test_every_bit_flip_of_a_saved_file_fails_cleanly_or_reads(tmp_path):
 
 def test_a_big_endian_archive_is_read_in_native_order(tmp_path):
     torch.save({"w": torch.arange(6, dtype=torch.float32).reshape(2, 3)}, tmp_path / "le.bin")
-    with zipfile.ZipFile(tmp_path / "le.bin") as z:
-        root = z.namelist()[0].split("/")[0]
-        pkl = z.read(f"{root}/data.pkl")
-        data = np.frombuffer(z.read(f"{root}/data/0"), "<f4").astype(">f4").tobytes()
-    with zipfile.ZipFile(tmp_path / "be.bin", "w", zipfile.ZIP_STORED) as z:
-        z.writestr("archive/data.pkl", pkl)
-        z.writestr("archive/byteorder", "big")
-        z.writestr("archive/data/0", data)
+    big_endian_bin(tmp_path / "le.bin", tmp_path / "be.bin")
     with TorchBinFile(tmp_path / "be.bin") as f:
         np.testing.assert_array_equal(f.tensors["w"].load(), np.arange(6, dtype=np.float32).reshape(2, 3))
 
