@@ -37,13 +37,21 @@ from ggml_bind.backend import default_threads  # noqa: E402
 from gguflite.types import GGMLType  # noqa: E402
 
 
+SETTLE_S = 0.3  # OpenBLAS and OpenMP worker threads spin ~0.1-0.2 s after a call returns
+
+
 def interleaved(steps: dict, repeat: int) -> dict[str, float]:
-    """Median seconds per step, timed round-robin so that load changes hit all alike."""
+    """Median seconds per step, timed round-robin so that load changes hit all alike.
+
+    Each step starts after a pause of ``SETTLE_S``: numpy's OpenBLAS threads keep spinning
+    after a matmul returns, and on a 2-core machine they took ~14% of the cores from
+    whichever step ran next."""
     for fn in steps.values():
         fn()  # warm-up
     times = {name: [] for name in steps}
     for _ in range(repeat):
         for name, fn in steps.items():
+            time.sleep(SETTLE_S)
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
@@ -131,7 +139,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from bench import report
 
-    cmd = "python -m bench.bench_bind " + " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = " ".join(["python -m bench.bench_bind", *(argv if argv is not None else sys.argv[1:])])
     rows_doc = []
 
     rng = np.random.default_rng(0)
@@ -184,12 +192,14 @@ def main(argv=None) -> int:
                 machine=report.machine(args.device),
             ))
     body = (
-        f"## ggml_bind mul_mat\n\nMeasured {report.stamp()} with `{cmd.strip()}`: y = x @ W.T, "
-        f"{flops / 1e9:.1f} GFLOP per call, timed round-robin (medians of {args.repeat}), same threads. "
+        f"## ggml_bind mul_mat\n\nMeasured {report.stamp()} ({report.load_note()}) with `{cmd.strip()}`: "
+        f"y = x @ W.T, {flops / 1e9:.1f} GFLOP per call, timed round-robin (medians of {args.repeat}, "
+        f"{SETTLE_S} s pause before each call so that the BLAS peers' spinning threads are parked), "
+        "same threads. "
         "`raw cffi` drives the same ggml graph with bare cffi calls (the cost of ggml_bind's checks "
         "and wrappers); torch (F32 weights) and numpy are independent peers. llama.cpp's clip "
         "(the issue's peer) is not shipped by llama-cpp-python; the CLIP benchmark belongs with "
-        "ggml_bind/clip.py. The machine is shared with other jobs, so expect noise.\n\n"
+        "ggml_bind/clip.py (see the inference section: ViT-L/14-336 against libmtmd).\n\n"
         + report.table(rows_doc)
     )
     print(body)
