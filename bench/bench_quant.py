@@ -73,7 +73,8 @@ def bench_dequantize_only(name: str, x: np.ndarray, runs: int, cmd: str) -> list
     imatrix = np.ones(x.shape[1], np.float32) if name.startswith("iq") else None
     one = ggml.quantize_chunk(int(t), head, imatrix=imatrix)
     ref = np.tile(one, (-(-x.shape[0] // one.shape[0]), 1))[: x.shape[0]]  # (rows, row bytes)
-    if not np.array_equal(dequantize(ref[:64], t, (64, x.shape[1])), ggml.dequantize(int(t), ref[:64]).reshape(64, -1)):
+    k = min(64, x.shape[0])
+    if not np.array_equal(dequantize(ref[:k], t, (k, x.shape[1])), ggml.dequantize(int(t), ref[:k]).reshape(k, -1)):
         raise AssertionError(f"{t.name}: gguflite and ggml dequantize differently; the benchmark would compare unlike work")
     td_c = report.median_of(lambda: ggml.dequantize(int(t), ref, n), runs=runs, warmup=1)
     td_p = report.median_of(lambda: dequantize(ref, t, x.shape), runs=runs, warmup=1)

@@ -102,3 +102,22 @@ def test_report_rewrites_only_the_named_section(tmp_path):
     with pytest.raises(ValueError):
         report.update_section("b", "third B", path=str(doc))
     assert "first B" in doc.read_text()
+
+
+def test_the_quantization_benchmark_checks_both_sides_agree_before_timing(capsys):
+    from bench import bench_quant
+
+    argv = ["--size", "64K", "--types", "q4_0", "--dequantize-only", "iq2_xxs,tq1_0", "--runs", "1", "--no-doc"]
+    assert bench_quant.main(argv) == 0
+    out = capsys.readouterr().out
+    for row in ("quantize Q4_0", "dequantize Q4_0", "dequantize IQ2_XXS", "dequantize TQ1_0"):
+        assert f"| {row} |" in out
+
+
+def test_the_mul_mat_benchmark_runs_every_peer_on_a_small_product(capsys):
+    from bench import bench_bind
+
+    argv = ["--m", "64", "--k", "64", "--n", "8", "--repeat", "1", "--types", "f32,q8_0", "--no-doc"]
+    assert bench_bind.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "vs raw cffi" in out and "vs numpy" in out and "q8_0 weights" in out
