@@ -96,6 +96,16 @@ def test_quantize_matches_ggml_on_a_larger_realistic_tensor(t):
     assert np.array_equal(quantize(x, t), ggml_quantize(t, x))
 
 
+@pytest.mark.parametrize("t", [G.F16, G.BF16], ids=lambda t: t.name)
+def test_half_types_round_every_nan_payload_overflow_and_tie_as_ggml_does(t):
+    bits = np.array([0x7FC00000, 0xFFC00000, 0x7F800001, 0xFF800001, 0x7FBFFFFF, 0xFFFFFFFF, 0x7FFFFFFF,
+                     0x7F7FFFFF, 0xFF7FFFFF, 0x7F800000, 0xFF800000, 0x3F808000, 0x3F818000, 0x3F80FFFF,
+                     0x477FF000, 0x477FEFFF, 0x33000000, 0x33000001, 0x00000001, 0x80000000], np.uint32)
+    rng = np.random.default_rng(7)
+    x = np.concatenate([bits, rng.integers(0, 2**32, 4076, dtype=np.uint64).astype(np.uint32)]).view(np.float32)
+    assert np.array_equal(quantize(x.reshape(4, 1024), t), ggml_quantize(t, x.reshape(4, 1024)))
+
+
 LEGACY = [G.Q4_0, G.Q4_1, G.Q5_0, G.Q5_1, G.Q8_0, G.Q8_1]
 
 

@@ -27,13 +27,21 @@ def dequantize_f16_into(q: np.ndarray, out: np.ndarray) -> None:
 
 
 def quantize_bf16(x: np.ndarray) -> np.ndarray:
-    """``ggml_compute_fp32_to_bf16``: NaN → ``(u >> 16) | 64``, else ``(u + 0x7fff + ((u >> 16) & 1)) >> 16``."""
-    u = np.ascontiguousarray(x[:, 0]).view(np.uint32)
-    nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
-    with np.errstate(over="ignore"):
-        r = (u + (np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1)))) >> 16
-    r = np.where(nan, (u >> 16) | np.uint32(64), r).astype("<u2")
-    return _as_bytes(r, 2)
+    """``ggml_compute_fp32_to_bf16``: NaN → ``(u >> 16) | 64``, else ``(u + 0x7fff + ((u >> 16) & 1)) >> 16``.
+
+    In place on one uint32 temporary (uint32 arithmetic wraps as C's does); NaN rows, rare,
+    are patched afterwards."""
+    v = np.ascontiguousarray(x[:, 0])
+    u = v.view(np.uint32)
+    r = u >> np.uint32(16)
+    r &= np.uint32(1)
+    r += np.uint32(0x7FFF)
+    r += u
+    r >>= np.uint32(16)
+    nan = np.isnan(v)
+    if nan.any():
+        r[nan] = (u[nan] >> np.uint32(16)) | np.uint32(64)
+    return _as_bytes(r.astype("<u2"), 2)
 
 
 def dequantize_bf16_into(q: np.ndarray, out: np.ndarray) -> None:
