@@ -161,7 +161,8 @@ def section(ours, legacy, args) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.bench_convert", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--size", choices=list(make_models.SIZES), default=report.default_size("small"))
+    ap.add_argument("--size", choices=list(make_models.SIZES), default=report.default_size(),
+                    help="model size (default: $GGUFLITE_BENCH_SIZE, else full)")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--models", default=os.path.join(CACHE, "models"))
     ap.add_argument("--no-doc", action="store_true", help="print the table, do not touch docs/BENCHMARKS.md")

@@ -235,7 +235,8 @@ def section(rws: list[report.Row], args, m: make_models.Models) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.bench_infer", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--size", choices=[s for s in make_models.SIZES], default=report.default_size("small"))
+    ap.add_argument("--size", choices=[s for s in make_models.SIZES], default=None,
+                    help="model size (default: $GGUFLITE_BENCH_SIZE, else full on cpu, 7b on cuda)")
     ap.add_argument("--device", default=report.default_device(), help="cpu or cuda")
     ap.add_argument("--threads", type=int, default=report.available_cores())
     ap.add_argument("--runs", type=int, default=2, help="timed runs per child process (after one warm-up)")
@@ -248,6 +249,7 @@ def main(argv=None) -> int:
     ap.add_argument("--llm", help=argparse.SUPPRESS)
     ap.add_argument("--mmproj", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    args.size = args.size or report.default_size(args.device)
     if args.worker:
         res = worker(args.worker, args.llm, args.mmproj, args.device, args.threads, args.runs, args.prompt, args.gen)
         print(RESULT + json.dumps(res), flush=True)

@@ -102,7 +102,8 @@ def section(r: dict, args) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.profile_decode", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--size", choices=list(make_models.SIZES), default=report.default_size("full"))
+    ap.add_argument("--size", choices=list(make_models.SIZES), default=None,
+                    help="model size (default: $GGUFLITE_BENCH_SIZE, else full on cpu, 7b on cuda)")
     ap.add_argument("--device", default=report.default_device())
     ap.add_argument("--threads", type=int, default=report.available_cores())
     ap.add_argument("--prompt", type=int, default=64)
@@ -112,6 +113,7 @@ def main(argv=None) -> int:
                     help="the device's memory bandwidth in GB/s, to print decode as a share of it")
     ap.add_argument("--no-doc", action="store_true")
     args = ap.parse_args(argv)
+    args.size = args.size or report.default_size(args.device)
     m = make_models.make(args.models, args.size)
     r = profile(m.llm, args.device, args.threads, args.prompt, args.gen)
     text = section(r, args)

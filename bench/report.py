@@ -191,9 +191,11 @@ def load_note() -> str:
     return f"load average {one:.1f} (1 min) / {five:.1f} (5 min) on {available_cores()} cores"
 
 
-def default_size(fallback: str = "small") -> str:
-    """Model size for benches run without arguments (``make bench``): $GGUFLITE_BENCH_SIZE."""
-    return os.environ.get("GGUFLITE_BENCH_SIZE", fallback)
+def default_size(device: str = "cpu") -> str:
+    """Model size for benches run without arguments (``make bench``): $GGUFLITE_BENCH_SIZE,
+    else the issue's real shapes: ``full`` (CLIP ViT-L/14-336 + TinyLlama-1.1B) on the CPU,
+    ``7b`` (LLaMA-7B) on a GPU."""
+    return os.environ.get("GGUFLITE_BENCH_SIZE", "7b" if device == "cuda" else "full")
 
 
 def default_device() -> str:
