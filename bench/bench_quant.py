@@ -33,7 +33,8 @@ def _parse_size(s: str) -> int:
     return int(float(s[:-1]) * mult[s[-1].upper()]) if s[-1].upper() in mult else int(s)
 
 
-def bench_type(name: str, x: np.ndarray, runs: int, cmd: str) -> list[report.Row]:
+def bench_type(name: str, x: np.ndarray, runs: int, cmd: str, dequantize_runs: int) -> list[report.Row]:
+    """Quantize (``runs`` times: slow for the K-quants) and dequantize (``dequantize_runs``)."""
     from gguflite.quant import dequantize, quantize
     from gguflite.types import parse_type
     from ggml_bind import quant as ggml
@@ -46,14 +47,14 @@ def bench_type(name: str, x: np.ndarray, runs: int, cmd: str) -> list[report.Row
         raise AssertionError(f"{t.name}: gguflite and ggml bytes differ; the benchmark would compare unlike work")
     tq_c = report.median_of(lambda: ggml.quantize_chunk(int(t), x), runs=runs, warmup=0)
     tq_p = report.median_of(lambda: quantize(x, t), runs=runs, warmup=0)
-    td_c = report.median_of(lambda: ggml.dequantize(int(t), ref, n), runs=runs, warmup=1)
-    td_p = report.median_of(lambda: dequantize(ref, t, x.shape), runs=runs, warmup=1)
+    td_c = report.median_of(lambda: ggml.dequantize(int(t), ref, n), runs=dequantize_runs, warmup=1)
+    td_p = report.median_of(lambda: dequantize(ref, t, x.shape), runs=dequantize_runs, warmup=1)
     mfl = n / 1e6
     return [
         report.Row(f"quantize {t.name}", mfl / tq_p.median, mfl / tq_c.median, "Mfloat/s", "higher", runs, 1, cmd,
                    target=QUANT_TARGET.get(name)),
-        report.Row(f"dequantize {t.name}", mfl / td_p.median, mfl / td_c.median, "Mfloat/s", "higher", runs, 1, cmd,
-                   target=DEQUANT_TARGET),
+        report.Row(f"dequantize {t.name}", mfl / td_p.median, mfl / td_c.median, "Mfloat/s", "higher",
+                   dequantize_runs, 1, cmd, target=DEQUANT_TARGET),
     ]
 
 
@@ -110,7 +111,7 @@ def main(argv=None) -> int:
     out = []
     for name in [s.strip().lower() for s in args.types.split(",") if s.strip()]:
         runs = args.k_runs if name in K_QUANTS else args.runs
-        got = bench_type(name, x, runs, cmd)
+        got = bench_type(name, x, runs, cmd, args.runs)
         for r in got:
             print(f"{r.what:16s} ours {r.ours:8.1f} ggml {r.peer:8.1f} Mfloat/s  ratio {r.ours / r.peer:.2f}", flush=True)
         out += got
@@ -123,7 +124,7 @@ def main(argv=None) -> int:
             f"{rows * cols / 1e6:.0f}M standard normal float32 values (rows of 4096), one thread on both sides, "
             "the same bytes produced by both (checked). The peer is ggml's C reference code "
             "(`ggml_quantize_chunk` without importance matrix, the type's `to_float`), called through ggml_bind. "
-            f"Medians of {args.runs} runs ({args.k_runs} for K-quants). The dequantize-only rows (IQ, ternary, "
+            f"Medians of {args.runs} runs ({args.k_runs} for the K-quant quantizers). The dequantize-only rows (IQ, ternary, "
             "FP4 types) decode blocks ggml quantized from the first 1M floats (with a flat importance matrix "
             "for the IQ types), repeated to the full size.\n\n" + report.table(out)
             + "\nWhere numpy stays behind: ggml's dequantizers are loops that gcc vectorizes, running near "
