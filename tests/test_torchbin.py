@@ -56,6 +56,14 @@ def _torch_zip(path, pkl: bytes, records: dict | None = None):
     return path
 
 
+def saved_records(path, obj) -> tuple[bytes, bytes]:
+    """``torch.save(obj, path)``, then the archive's data.pkl and first storage record."""
+    torch.save(obj, path)
+    with zipfile.ZipFile(path) as z:
+        root = z.namelist()[0].split("/")[0]
+        return z.read(f"{root}/data.pkl"), z.read(f"{root}/data/0")
+
+
 class _System:
     def __init__(self, cmd):
         self.cmd = cmd
@@ -134,11 +142,7 @@ def test_a_storage_too_small_for_the_view_is_refused(tmp_path):
 
 
 def test_a_missing_or_short_storage_record_is_refused(tmp_path):
-    x = {"w": torch.ones(4)}
-    torch.save(x, tmp_path / "ok.bin")
-    with zipfile.ZipFile(tmp_path / "ok.bin") as z:
-        root = z.namelist()[0].split("/")[0]
-        pkl = z.read(f"{root}/data.pkl")
+    pkl, _ = saved_records(tmp_path / "ok.bin", {"w": torch.ones(4)})
     with pytest.raises(CheckpointError, match="missing"):
         TorchBinFile(_torch_zip(tmp_path / "nodata.bin", pkl))
     with pytest.raises(CheckpointError, match="has 8 bytes"):
@@ -221,11 +225,7 @@ def test_a_module_state_dict_with_its_metadata_build_reads_like_torch_load(tmp_p
 
 
 def test_build_on_a_storage_record_is_refused(tmp_path):
-    x = {"w": torch.ones(4)}
-    torch.save(x, tmp_path / "ok.bin")
-    with zipfile.ZipFile(tmp_path / "ok.bin") as z:
-        root = z.namelist()[0].split("/")[0]
-        pkl = z.read(f"{root}/data.pkl")
+    pkl, _ = saved_records(tmp_path / "ok.bin", {"w": torch.ones(4)})
     # BINPERSID then BUILD {"numel": 1} on the fresh _StorageRef
     i = pkl.index(b"Q", pkl.index(b"cpu")) + 1
     evil = pkl[:i] + b"}X\x05\x00\x00\x00numelK\x01sb" + pkl[i:]
@@ -271,10 +271,7 @@ def test_pickles_that_would_crash_or_amplify_are_refused_before_loading(tmp_path
 
 
 def test_a_compressed_storage_record_is_refused_and_a_deflated_data_pkl_still_reads(tmp_path):
-    torch.save({"w": torch.arange(4.0)}, tmp_path / "ok.bin")
-    with zipfile.ZipFile(tmp_path / "ok.bin") as z:
-        root = z.namelist()[0].split("/")[0]
-        pkl, rec = z.read(f"{root}/data.pkl"), z.read(f"{root}/data/0")
+    pkl, rec = saved_records(tmp_path / "ok.bin", {"w": torch.arange(4.0)})
     with zipfile.ZipFile(tmp_path / "rec.bin", "w") as z:
         z.writestr("archive/data.pkl", pkl)
         z.writestr("archive/data/0", rec, compress_type=zipfile.ZIP_DEFLATED)
