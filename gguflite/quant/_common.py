@@ -72,21 +72,35 @@ def f16_bits_to_f32(h: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(h).view(np.float16).astype(F32)
 
 
-def le_u16(q: np.ndarray, offset: int) -> np.ndarray:
-    """Little-endian uint16 at byte ``offset`` of each block row of ``q`` (n, type_size)."""
-    return q[:, offset].astype(np.uint16) | (q[:, offset + 1].astype(np.uint16) << 8)
+# GGML_FP16_TO_FP32 of every fp16 bit pattern (ggml keeps the same table): a gather is 2-3x
+# faster than numpy's float16 -> float32 cast, which converts one value at a time
+F16_TO_F32 = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(F32)
+
+
+def rows(q: np.ndarray) -> np.ndarray:
+    """``q`` (n, type_size) with unit stride along the row, as the field views need."""
+    return q if q.strides[1] == 1 else np.ascontiguousarray(q)
+
+
+def field(q: np.ndarray, offset: int, size: int) -> np.ndarray:
+    """The ``size`` bytes at ``offset`` of every block row of ``q`` as a contiguous (n, size)
+    uint8 copy (one strided copy of ``size``-byte units)."""
+    return np.ascontiguousarray(q[:, offset : offset + size].view(f"V{size}")).view(np.uint8)
 
 
 def le_f16(q: np.ndarray, offset: int) -> np.ndarray:
-    """The fp16 field at byte ``offset`` of each block, as float32 (n,)."""
-    return f16_bits_to_f32(le_u16(q, offset))
+    """The little-endian fp16 field at byte ``offset`` of each block row of ``q`` (n,
+    type_size) → float32 (n,): ``GGML_FP16_TO_FP32``, exact, through ``F16_TO_F32``."""
+    raw = q[:, offset : offset + 2]
+    if raw.strides[1] != 1:
+        raw = np.ascontiguousarray(raw)
+    return F16_TO_F32.take(raw.view("<u2")[:, 0])
 
 
 def put_u16(out: np.ndarray, offset: int, bits: np.ndarray) -> None:
-    """Store uint16 ``bits`` (n,) little-endian at byte ``offset`` of each block row."""
-    bits = bits.astype(np.uint16)
-    out[:, offset] = (bits & 0xFF).astype(np.uint8)
-    out[:, offset + 1] = (bits >> 8).astype(np.uint8)
+    """Store uint16 ``bits`` (n,) little-endian at byte ``offset`` of each block row of
+    ``out`` (rows with unit stride, as freshly allocated outputs are)."""
+    out[:, offset : offset + 2].view("<u2")[:, 0] = bits
 
 
 # --------------------------------------------------------------------------- integer rounding

@@ -53,8 +53,7 @@ import numpy as np
 
 from ..types import GGMLType
 from . import grids as _grids
-from ._common import F32, into_codec
-from .legacy import _F16_TO_F32
+from ._common import F16_TO_F32, F32, field, into_codec, le_f16, rows
 
 _IQ1S_DELTA = _grids.IQ1S_DELTA  # ggml-common.h: #define IQ1S_DELTA 0.125f
 # inf and NaN scales are legitimate (decoded as C decodes them): no warnings
@@ -155,21 +154,6 @@ _KSIGNS = _ksigns()
 # --------------------------------------------------------------------------- block fields
 
 
-def _rows(q: np.ndarray) -> np.ndarray:
-    """``q`` (n, type_size) with unit stride along the row, as the field views need."""
-    return q if q.strides[1] == 1 else np.ascontiguousarray(q)
-
-
-def _field(q: np.ndarray, offset: int, size: int) -> np.ndarray:
-    """The ``size`` bytes at ``offset`` of every block as a contiguous (n, size) uint8 copy."""
-    return np.ascontiguousarray(q[:, offset : offset + size].view(f"V{size}")).view(np.uint8)
-
-
-def _f16(q: np.ndarray, offset: int = 0) -> np.ndarray:
-    """The fp16 d at ``offset`` → float32 (n, 1) (``GGML_FP16_TO_FP32``, a table gather)."""
-    return _F16_TO_F32.take(q[:, offset : offset + 2].view("<u2"))
-
-
 def _lookup(table: np.ndarray, keys: np.ndarray, dtype) -> np.ndarray:
     """Gather the packed ``table`` words for ``keys`` (n, k) → (n, k * words) of ``dtype``."""
     return table.take(keys).view(dtype)
@@ -195,9 +179,9 @@ def _gather_into(table: np.ndarray, idx: np.ndarray, scale: np.ndarray, out: np.
     if signed:
         nan = np.isnan(scale.reshape(-1))
         if nan.any():  # rare: gather the rows again for their signs
-            rows = table.take(idx).view(np.uint32).reshape(-1, w)
+            picked = table.take(idx).view(np.uint32).reshape(-1, w)
             bits = v.view(np.uint32)
-            bits[nan] ^= rows[nan] & np.uint32(0x80000000)
+            bits[nan] ^= picked[nan] & np.uint32(0x80000000)
     if dst is not out:
         out[...] = dst
 
@@ -212,33 +196,33 @@ def _times_d(d: np.ndarray, factor: np.ndarray) -> np.ndarray:
 
 
 def dequantize_iq2_xxs_into(q: np.ndarray, out: np.ndarray) -> None:
-    q, t = _rows(q), _tables()
+    q, t = rows(q), _tables()
     n = q.shape[0]
-    w = _field(q, 2, 64).reshape(n * 8, 8)  # group of 32: 4 grid bytes, u32 aux
+    w = field(q, 2, 64).reshape(n * 8, 8)  # group of 32: 4 grid bytes, u32 aux
     aux = w.view("<u4")[:, 1]  # 4 x 7-bit sign index | s << 28
     idx = np.left_shift(w[:, :4], 7, dtype=np.intp)  # (8n, 4): grid << 7 | sign index
     for l in range(4):
         np.bitwise_or(idx[:, l], (aux >> (7 * l)) & 127, out=idx[:, l])
-    scale = _times_d(_f16(q), _F_IQ2.take(aux >> 28).reshape(n, 8))
+    scale = _times_d(le_f16(q, 0)[:, None], _F_IQ2.take(aux >> 28).reshape(n, 8))
     _gather_into(t.iq2xxs, idx, scale, out, signed=True)
 
 
 def dequantize_iq2_xs_into(q: np.ndarray, out: np.ndarray) -> None:
-    q, t = _rows(q), _tables()
-    qs = _field(q, 2, 64).view("<u2")  # (n, 32): grid | sign index << 9, the table's index
-    scale = _times_d(_f16(q), _lookup(_NIB_IQ2, _field(q, 66, 8), F32))  # (n, 16)
+    q, t = rows(q), _tables()
+    qs = field(q, 2, 64).view("<u2")  # (n, 32): grid | sign index << 9, the table's index
+    scale = _times_d(le_f16(q, 0)[:, None], _lookup(_NIB_IQ2, field(q, 66, 8), F32))  # (n, 16)
     _gather_into(t.iq2xs, qs, scale, out, signed=True)
 
 
 def dequantize_iq2_s_into(q: np.ndarray, out: np.ndarray) -> None:
-    q, t = _rows(q), _tables()
-    base = np.left_shift(_field(q, 2, 32), 5, dtype=np.intp)  # (n, 32): grid low bits << 5
-    np.bitwise_or(base, _lookup(_QH_IQ2S, _field(q, 66, 8), np.int16), out=base)  # | high bits
-    signs = _field(q, 34, 32)
+    q, t = rows(q), _tables()
+    base = np.left_shift(field(q, 2, 32), 5, dtype=np.intp)  # (n, 32): grid low bits << 5
+    np.bitwise_or(base, _lookup(_QH_IQ2S, field(q, 66, 8), np.int16), out=base)  # | high bits
+    signs = field(q, 34, 32)
     idx = np.empty(base.shape + (2,), np.intp)  # (n, 32, half): grid << 5 | half << 4 | nibble
     np.bitwise_or(base, signs & 15, out=idx[..., 0])
     np.bitwise_or(base, (signs >> 4) | 16, out=idx[..., 1])
-    scale = _times_d(_f16(q), _lookup(_NIB_IQ2, _field(q, 74, 8), F32))  # (n, 16)
+    scale = _times_d(le_f16(q, 0)[:, None], _lookup(_NIB_IQ2, field(q, 74, 8), F32))  # (n, 16)
     _gather_into(t.iq2s, idx, scale, out, signed=True)
 
 
@@ -246,30 +230,30 @@ def dequantize_iq2_s_into(q: np.ndarray, out: np.ndarray) -> None:
 
 
 def dequantize_iq3_xxs_into(q: np.ndarray, out: np.ndarray) -> None:
-    q, t = _rows(q), _tables()
+    q, t = rows(q), _tables()
     n = q.shape[0]
-    aux = _field(q, 66, 32).view("<u4").reshape(-1)  # (8n,): 4 x 7-bit sign index | s << 28
+    aux = field(q, 66, 32).view("<u4").reshape(-1)  # (8n,): 4 x 7-bit sign index | s << 28
     sidx = np.empty((n * 8, 4), np.intp)
     for l in range(4):
         np.bitwise_and(aux >> (7 * l), 127, out=sidx[:, l])
     ks = _KSIGNS.take(sidx)  # (8n, 4) sign bytes, one per 8 values (2 grid entries)
-    idx = np.left_shift(_field(q, 2, 64), 4, dtype=np.intp).reshape(n * 32, 2)  # grid << 4
+    idx = np.left_shift(field(q, 2, 64), 4, dtype=np.intp).reshape(n * 32, 2)  # grid << 4
     np.bitwise_or(idx[:, 0], (ks & 15).reshape(-1), out=idx[:, 0])
     np.bitwise_or(idx[:, 1], (ks >> 4).reshape(-1), out=idx[:, 1])
-    scale = _times_d(_f16(q), _F_IQ3XXS.take(aux >> 28).reshape(n, 8))
+    scale = _times_d(le_f16(q, 0)[:, None], _F_IQ3XXS.take(aux >> 28).reshape(n, 8))
     _gather_into(t.iq3xxs, idx, scale, out, signed=True)
 
 
 def dequantize_iq3_s_into(q: np.ndarray, out: np.ndarray) -> None:
-    q, t = _rows(q), _tables()
+    q, t = rows(q), _tables()
     n = q.shape[0]
-    idx = np.left_shift(_field(q, 2, 64), 4, dtype=np.intp)  # (n, 64): grid low bits << 4
-    np.bitwise_or(idx, _lookup(_QH_IQ3S, _field(q, 66, 8), np.int16), out=idx)  # | 9th bit << 12
+    idx = np.left_shift(field(q, 2, 64), 4, dtype=np.intp)  # (n, 64): grid low bits << 4
+    np.bitwise_or(idx, _lookup(_QH_IQ3S, field(q, 66, 8), np.int16), out=idx)  # | 9th bit << 12
     idx = idx.reshape(n * 32, 2)  # two entries per sign byte
-    signs = _field(q, 74, 32).reshape(-1)
+    signs = field(q, 74, 32).reshape(-1)
     np.bitwise_or(idx[:, 0], signs & 15, out=idx[:, 0])
     np.bitwise_or(idx[:, 1], signs >> 4, out=idx[:, 1])
-    scale = _times_d(_f16(q), _lookup(_NIB_ODD, _field(q, 106, 4), F32))  # (n, 8): 1 + 2*s
+    scale = _times_d(le_f16(q, 0)[:, None], _lookup(_NIB_ODD, field(q, 106, 4), F32))  # (n, 8): 1 + 2*s
     _gather_into(t.iq3s, idx, scale, out, signed=True)
 
 
@@ -283,19 +267,19 @@ def _iq1_into(d: np.ndarray, qs: np.ndarray, bits: np.ndarray, out: np.ndarray) 
 
 
 def dequantize_iq1_s_into(q: np.ndarray, out: np.ndarray) -> None:
-    q = _rows(q)
-    qh = _field(q, 34, 16).view("<u2")  # (n, 8): 4 x 3 grid bits | s << 12 | delta sign << 15
-    _iq1_into(_f16(q), _field(q, 2, 32), _lookup(_qh_iq1s(), qh, np.int16), out)
+    q = rows(q)
+    qh = field(q, 34, 16).view("<u2")  # (n, 8): 4 x 3 grid bits | s << 12 | delta sign << 15
+    _iq1_into(le_f16(q, 0)[:, None], field(q, 2, 32), _lookup(_qh_iq1s(), qh, np.int16), out)
 
 
 def dequantize_iq1_m_into(q: np.ndarray, out: np.ndarray) -> None:
-    q = _rows(q)
-    sc = _field(q, 48, 8)  # u16 sc[4]: 4 x 3-bit s each, the f16 d in their top nibbles
+    q = rows(q)
+    sc = field(q, 48, 8)  # u16 sc[4]: 4 x 3-bit s each, the f16 d in their top nibbles
     w = sc.view("<u8")[:, 0]  # sc[0] >> 12 | (sc[1] >> 8) & 0xF0 | (sc[2] >> 4) & 0xF00 | sc[3] & 0xF000
     dbits = ((w >> 12) & 0xF) | ((w >> 24) & 0xF0) | ((w >> 36) & 0xF00) | (w >> 48) & 0xF000
     sc = sc.view("<u2")  # (n, 4)
-    key = np.bitwise_or(_field(q, 32, 16), _lookup(_SC_IQ1M, sc & 0x0FFF, np.uint16))  # (n, 16): qh | s << 8
-    _iq1_into(_F16_TO_F32.take(dbits.astype(np.uint16))[:, None], _field(q, 0, 32), _lookup(_QH_IQ1M, key, np.int16), out)
+    key = np.bitwise_or(field(q, 32, 16), _lookup(_SC_IQ1M, sc & 0x0FFF, np.uint16))  # (n, 16): qh | s << 8
+    _iq1_into(F16_TO_F32.take(dbits.astype(np.uint16))[:, None], field(q, 0, 32), _lookup(_QH_IQ1M, key, np.int16), out)
 
 
 # (byte offset, item size, count) of the fields swapped for big-endian files.

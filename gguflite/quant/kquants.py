@@ -31,6 +31,7 @@ from ._common import (
     nan_ignoring,
     f16_bits_to_f32,
     f32_to_f16_bits,
+    le_f16,
     nearest_int,
     put_u16,
     seqsum,
@@ -450,11 +451,6 @@ def _words(q: np.ndarray, start: int, stop: int, dtype: str = "<u8") -> np.ndarr
     return np.ascontiguousarray(q[:, start:stop]).view(dt)
 
 
-def _f16(q: np.ndarray, offset: int) -> np.ndarray:
-    """The fp16 field at byte ``offset`` of each block as float32 (nb,)."""
-    return _words(q, offset, offset + 2, "<u2")[:, 0].view("<f2").astype(F32)
-
-
 _PATTERN_ROWS = 1024  # blocks per cached shift pattern: a default chunk (256 Ki floats)
 
 
@@ -565,7 +561,7 @@ def dequantize_q6_k_into(q: np.ndarray, out: np.ndarray) -> None:
     v = codes.view(np.uint8)
     v -= np.uint8(32)  # wraps: as int8 it is q6 - 32
     scales = np.ascontiguousarray(q[:, 192:208]).view(np.int8)
-    _scaled_into(out, v.view(np.int8), _times(_f16(q, 208), scales), None, 16)
+    _scaled_into(out, v.view(np.int8), _times(le_f16(q, 208), scales), None, 16)
 
 
 def _q2_low(q: np.ndarray, offset: int) -> np.ndarray:
@@ -579,7 +575,7 @@ def dequantize_q2_k_into(q: np.ndarray, out: np.ndarray) -> None:
     """``dl * q2 - ml`` with ``dl = d * (sc & 0xF)``, ``ml = dmin * (sc >> 4)`` per 16."""
     sc = np.ascontiguousarray(q[:, :16])
     codes = _q2_low(q, 16)
-    _scaled_into(out, codes.view(np.uint8), _times(_f16(q, 80), sc & 0xF), _times(_f16(q, 82), sc >> 4), 16)
+    _scaled_into(out, codes.view(np.uint8), _times(le_f16(q, 80), sc & 0xF), _times(le_f16(q, 82), sc >> 4), 16)
 
 
 def _q3_scales6(q: np.ndarray) -> np.ndarray:
@@ -607,7 +603,7 @@ def dequantize_q3_k_into(q: np.ndarray, out: np.ndarray) -> None:
     clear = ((~hm >> _shifts(tuple(range(8)), nb)) & _M1) * np.uint64(0xFC)
     codes |= clear
     sc = _q3_scales6(q).astype(np.int8) - np.int8(32)
-    _scaled_into(out, codes.view(np.int8), _times(_f16(q, 108), sc), None, 16)
+    _scaled_into(out, codes.view(np.int8), _times(le_f16(q, 108), sc), None, 16)
 
 
 def dequantize_q8_k_into(q: np.ndarray, out: np.ndarray) -> None:

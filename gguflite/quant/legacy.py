@@ -37,18 +37,20 @@ import numpy as np
 
 from ..types import GGMLType
 from ._common import (
+    F16_TO_F32,
     F32,
     Codec,
+    field,
     fold_max_abs,
     into_codec,
     f32_to_f16_bits,
+    le_f16,
     nan_ignoring,
+    put_u16,
+    rows,
 )
 
 _FLT_MAX = F32(np.finfo(np.float32).max)
-# GGML_FP16_TO_FP32 of every fp16 bit pattern (ggml keeps the same table): a gather is 2-3x
-# faster than numpy's float16 -> float32 cast, which converts one value at a time
-_F16_TO_F32 = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(F32)
 # inf and NaN values are legitimate (handled as in C): no warnings for their arithmetic
 _QUIET = dict(over="ignore", invalid="ignore", divide="ignore")
 _LO4 = np.uint64(0x0F0F0F0F0F0F0F0F)  # the low nibble of each byte of an 8-byte word
@@ -56,29 +58,6 @@ _HI4 = np.uint64(0xF0F0F0F0F0F0F0F0)
 
 
 # --------------------------------------------------------------------------- block fields
-
-
-def _rows(q: np.ndarray) -> np.ndarray:
-    """``q`` (n, type_size) with unit stride along the row, as the field views need."""
-    return q if q.strides[1] == 1 else np.ascontiguousarray(q)
-
-
-def _f16(q: np.ndarray, offset: int, count: int = 1) -> np.ndarray:
-    """``count`` consecutive little-endian fp16 fields at byte ``offset`` → float32 (n, count)
-    (``GGML_FP16_TO_FP32`` is exact)."""
-    if count == 1:
-        return _F16_TO_F32.take(q[:, offset : offset + 2].view("<u2")[:, 0])[:, None]  # 1-D gather
-    return _F16_TO_F32.take(_field(q, offset, 2 * count).view("<u2"))  # gathers from 1-D rows
-
-
-def _field(q: np.ndarray, offset: int, size: int) -> np.ndarray:
-    """The ``size`` bytes at ``offset`` of every block as a contiguous (n, size) uint8 copy."""
-    return np.ascontiguousarray(q[:, offset : offset + size].view(f"V{size}")).view(np.uint8)
-
-
-def _put_f16(out: np.ndarray, offset: int, bits: np.ndarray) -> None:
-    """Store fp16 ``bits`` (n,) little-endian at byte ``offset`` of each block row of ``out``."""
-    out[:, offset : offset + 2].view("<u2")[:, 0] = bits
 
 
 # --------------------------------------------------------------------------- lane layout
@@ -267,7 +246,7 @@ def _quantize_affine(x: np.ndarray, levels: int, qmax: int | None) -> tuple[np.n
 def quantize_q4_0(x: np.ndarray) -> np.ndarray:
     d, b = _quantize_sym(x, 8, 8.5, 15)
     out = np.empty((x.shape[0], 18), np.uint8)
-    _put_f16(out, 0, d)
+    put_u16(out, 0, d)
     _put_lanes(out, 2, _pack_nibbles(b, mask_low=False))  # y.qs[j] = xi0; y.qs[j] |= xi1 << 4
     return out
 
@@ -275,7 +254,7 @@ def quantize_q4_0(x: np.ndarray) -> np.ndarray:
 def quantize_q5_0(x: np.ndarray) -> np.ndarray:
     d, b = _quantize_sym(x, 16, 16.5, 31)
     out = np.empty((x.shape[0], 22), np.uint8)
-    _put_f16(out, 0, d)
+    put_u16(out, 0, d)
     out[:, 2:6].view("<u4")[:, 0] = _qh_from_lanes(b)
     _put_lanes(out, 6, _pack_nibbles(b, mask_low=True))
     return out
@@ -284,8 +263,8 @@ def quantize_q5_0(x: np.ndarray) -> np.ndarray:
 def quantize_q4_1(x: np.ndarray) -> np.ndarray:
     d, m, b = _quantize_affine(x, 15, 15)  # MIN(15, (int8_t)...)
     out = np.empty((x.shape[0], 20), np.uint8)
-    _put_f16(out, 0, d)
-    _put_f16(out, 2, m)
+    put_u16(out, 0, d)
+    put_u16(out, 2, m)
     _put_lanes(out, 4, _pack_nibbles(b, mask_low=False))
     return out
 
@@ -293,8 +272,8 @@ def quantize_q4_1(x: np.ndarray) -> np.ndarray:
 def quantize_q5_1(x: np.ndarray) -> np.ndarray:
     d, m, b = _quantize_affine(x, 31, None)  # (uint8_t), no clamp: the low byte
     out = np.empty((x.shape[0], 24), np.uint8)
-    _put_f16(out, 0, d)
-    _put_f16(out, 2, m)
+    put_u16(out, 0, d)
+    put_u16(out, 2, m)
     out[:, 4:8].view("<u4")[:, 0] = _qh_from_lanes(b)
     _put_lanes(out, 8, _pack_nibbles(b, mask_low=True))
     return out
@@ -307,7 +286,7 @@ def _nibbles(q: np.ndarray, offset: int) -> np.ndarray:
     """The 16 ``qs`` bytes at ``offset`` → (n, 32) uint8: low nibbles (elements 0..15), then
     high nibbles (16..31)."""
     n = q.shape[0]
-    qs = _field(q, offset, 16).reshape(-1).view(np.uint64)  # (2n,) words
+    qs = field(q, offset, 16).reshape(-1).view(np.uint64)  # (2n,) words
     s = np.empty((2, 2 * n), np.uint64)
     np.bitwise_and(qs, _LO4, out=s[0])
     np.right_shift(qs, np.uint64(4), out=s[1])
@@ -321,7 +300,7 @@ def _nibbles(q: np.ndarray, offset: int) -> np.ndarray:
 
 def _add_high_bits(z: np.ndarray, q: np.ndarray, offset: int) -> None:
     """``| ((qh >> j) << 4) & 0x10`` for element j: the ``qh`` word at ``offset`` into ``z``."""
-    bits = np.unpackbits(_field(q, offset, 4).reshape(-1), bitorder="little")  # (32n,) 0/1
+    bits = np.unpackbits(field(q, offset, 4).reshape(-1), bitorder="little")  # (32n,) 0/1
     b = bits.view(np.uint64)
     np.left_shift(b, np.uint64(4), out=b)
     zw = z.reshape(-1).view(np.uint64)
@@ -342,32 +321,32 @@ def _scale_into(z: np.ndarray, out: np.ndarray, d: np.ndarray, m: np.ndarray | N
 
 
 def dequantize_q4_0_into(q: np.ndarray, out: np.ndarray) -> None:
-    q = _rows(q)
+    q = rows(q)
     z = _nibbles(q, 2).view(np.int8)
     np.subtract(z, np.int8(8), out=z)  # (qs & 0x0F) - 8, exact in int8
-    _scale_into(z, out, _f16(q, 0)[:, 0])
+    _scale_into(z, out, le_f16(q, 0))
 
 
 def dequantize_q4_1_into(q: np.ndarray, out: np.ndarray) -> None:
-    q = _rows(q)
-    dm = _f16(q, 0, 2)
+    q = rows(q)
+    dm = F16_TO_F32.take(field(q, 0, 4).view("<u2"))
     _scale_into(_nibbles(q, 4), out, dm[:, 0], dm[:, 1])  # x*d + m
 
 
 def dequantize_q5_0_into(q: np.ndarray, out: np.ndarray) -> None:
-    q = _rows(q)
+    q = rows(q)
     z = _nibbles(q, 6)
     _add_high_bits(z, q, 2)
     z = z.view(np.int8)
     np.subtract(z, np.int8(16), out=z)
-    _scale_into(z, out, _f16(q, 0)[:, 0])
+    _scale_into(z, out, le_f16(q, 0))
 
 
 def dequantize_q5_1_into(q: np.ndarray, out: np.ndarray) -> None:
-    q = _rows(q)
+    q = rows(q)
     z = _nibbles(q, 8)
     _add_high_bits(z, q, 4)
-    dm = _f16(q, 0, 2)
+    dm = F16_TO_F32.take(field(q, 0, 4).view("<u2"))
     _scale_into(z, out, dm[:, 0], dm[:, 1])
 
 
@@ -412,32 +391,32 @@ def _quantize_q8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def quantize_q8_0(x: np.ndarray) -> np.ndarray:
     d, q = _quantize_q8(x)
     out = np.empty((x.shape[0], 34), np.uint8)
-    _put_f16(out, 0, f32_to_f16_bits(d))
+    put_u16(out, 0, f32_to_f16_bits(d))
     _put_lanes(out, 2, q.view(np.uint8))
     return out
 
 
 def dequantize_q8_0_into(q: np.ndarray, out: np.ndarray) -> None:
-    q = _rows(q)
+    q = rows(q)
     with np.errstate(**_QUIET):
-        np.multiply(q[:, 2:].view(np.int8), _f16(q, 0), out=out)  # qs[j]*d, exact
+        np.multiply(q[:, 2:].view(np.int8), le_f16(q, 0)[:, None], out=out)  # qs[j]*d, exact
 
 
 def quantize_q8_1(x: np.ndarray) -> np.ndarray:
     d, q = _quantize_q8(x)
     s = np.add.reduce(q, axis=0, dtype=np.int32).reshape(-1, 4).sum(axis=1)  # int sum: any order
     out = np.empty((x.shape[0], 36), np.uint8)
-    _put_f16(out, 0, f32_to_f16_bits(d))
+    put_u16(out, 0, f32_to_f16_bits(d))
     with np.errstate(invalid="ignore"):
-        _put_f16(out, 2, f32_to_f16_bits(s.astype(F32) * d))  # sum*d
+        put_u16(out, 2, f32_to_f16_bits(s.astype(F32) * d))  # sum*d
     _put_lanes(out, 4, q.view(np.uint8))
     return out
 
 
 def dequantize_q8_1(q: np.ndarray) -> np.ndarray:
-    q = _rows(q)  # s is redundant (d * sum(q)); ggml's to_float ignores it too
+    q = rows(q)  # s is redundant (d * sum(q)); ggml's to_float ignores it too
     with np.errstate(**_QUIET):
-        return q[:, 4:].view(np.int8) * _f16(q, 0)
+        return q[:, 4:].view(np.int8) * le_f16(q, 0)[:, None]
 
 
 CODECS: dict[int, Codec] = {

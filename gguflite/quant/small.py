@@ -44,14 +44,15 @@ from ._common import (
     cvtt_i32,
     fold_max_abs,
     f32_to_f16_bits,
+    field,
     le_f16,
     nan_ignoring,
     put_u16,
     roundf,
+    rows,
     safe_inv,
     seqsum,
 )
-from .legacy import _F16_TO_F32  # GGML_FP16_TO_FP32 of all 65536 bit patterns
 
 # ggml-common.h value tables (16 entries each; ggml's own constants).
 KVALUES_IQ4NL = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.int8)
@@ -88,21 +89,6 @@ _LO2 = np.uint64(0x0303030303030303)
 _7F = np.uint64(0x7F7F7F7F7F7F7F7F)
 _80 = np.uint64(0x8080808080808080)
 _E8M0_HALF = _e8m0_half(np.arange(256))  # ggml_e8m0_to_fp32_half of every byte
-
-
-def _rows(q: np.ndarray) -> np.ndarray:
-    """``q`` (n, type_size) with unit stride along the row, as the field views need."""
-    return q if q.strides[1] == 1 else np.ascontiguousarray(q)
-
-
-def _field(q: np.ndarray, offset: int, size: int) -> np.ndarray:
-    """The ``size`` bytes at ``offset`` of every block as a contiguous (n, size) uint8 copy."""
-    return np.ascontiguousarray(q[:, offset : offset + size].view(f"V{size}")).view(np.uint8)
-
-
-def _f16(q: np.ndarray, offset: int) -> np.ndarray:
-    """The little-endian fp16 field at ``offset`` of each block → float32 (n,) (table gather)."""
-    return _F16_TO_F32.take(q[:, offset : offset + 2].view("<u2")[:, 0])
 
 
 def _flat(out: np.ndarray) -> np.ndarray:
@@ -177,7 +163,7 @@ def dequantize_tq1_0_into(q: np.ndarray, out: np.ndarray) -> None:
     (32 qs bytes x 5 digits, 16 qs bytes x 5, 4 qh bytes x 4) digit k of byte m goes to
     element ``start + width*k + m``: each section's bytes are copied (as one 32/16/4-byte
     unit) to all its digits' places, then the digits come out of whole-chunk passes."""
-    q = _rows(q)
+    q = rows(q)
     n = q.shape[0]
     x = np.empty((n, 256), np.uint8)
     start = 0
@@ -192,7 +178,7 @@ def dequantize_tq1_0_into(q: np.ndarray, out: np.ndarray) -> None:
     flat = _flat(out)
     np.copyto(flat, z.reshape(-1), casting="unsafe")
     del z
-    _scale(flat, np.repeat(_f16(q, 52), 256))
+    _scale(flat, np.repeat(le_f16(q, 52), 256))
     _finish(out, flat)
 
 
@@ -232,7 +218,7 @@ _TQ2_SHIFTS.flags.writeable = False
 def dequantize_tq2_0_into(q: np.ndarray, out: np.ndarray) -> None:
     """``(float)(((qs[32j + m] >> 2l) & 3) - 1) * d`` → element 128j + 32l + m: each 32-byte
     half of ``qs`` copied (as one unit) to the 4 places l of its values, then shifted there."""
-    q = _rows(q)
+    q = rows(q)
     n = q.shape[0]
     z = np.empty((n, 2, 4, 32), np.uint8)
     for j in range(2):
@@ -245,7 +231,7 @@ def dequantize_tq2_0_into(q: np.ndarray, out: np.ndarray) -> None:
     flat = _flat(out)
     np.copyto(flat, z.reshape(-1).view(np.int8), casting="unsafe")
     del z, w
-    _scale(flat, np.repeat(_f16(q, 64), 256))
+    _scale(flat, np.repeat(le_f16(q, 64), 256))
     _finish(out, flat)
 
 
@@ -264,9 +250,9 @@ def quantize_tq2_0(x: np.ndarray) -> np.ndarray:
 
 def dequantize_mxfp4_into(q: np.ndarray, out: np.ndarray) -> None:
     """``kvalues_mxfp4[qs[j] & 0x0F] * d`` → element j, ``[qs[j] >> 4]`` → j + 16."""
-    q = _rows(q)
+    q = rows(q)
     flat = _flat(out)
-    _lookup_into(_nibbles(_field(q, 1, 16)), _PAIRS_FP4, flat)
+    _lookup_into(_nibbles(field(q, 1, 16)), _PAIRS_FP4, flat)
     _scale(flat, np.repeat(_E8M0_HALF.take(q[:, 0]), 32))
     _finish(out, flat)
 
@@ -327,10 +313,10 @@ def quantize_nvfp4(x: np.ndarray) -> np.ndarray:
 def dequantize_nvfp4_into(q: np.ndarray, out: np.ndarray) -> None:
     """Sub-block s of 16: ``kvalues_mxfp4[qs[8s + j] & 0x0F] * d_s`` → element 16s + j,
     ``[... >> 4]`` → 16s + 8 + j, with ``d_s = ggml_ue4m3_to_fp32(scales[s])``."""
-    q = _rows(q)
+    q = rows(q)
     flat = _flat(out)
-    _lookup_into(_nibbles(_field(q, 4, 32).reshape(-1, 8)), _PAIRS_FP4, flat)
-    _scale(flat, np.repeat(_UE4M3.take(_field(q, 0, 4).reshape(-1)), 16))
+    _lookup_into(_nibbles(field(q, 4, 32).reshape(-1, 8)), _PAIRS_FP4, flat)
+    _scale(flat, np.repeat(_UE4M3.take(field(q, 0, 4).reshape(-1)), 16))
     _finish(out, flat)
 
 
@@ -348,13 +334,13 @@ _Q1_ROWS = _byte_table(np.array([-1, 1]), 8, 1).view("V32")[:, 0]  # bit j of by
 _Q2_ROWS = _byte_table(np.array([-1, 0, 1, 2]), 4, 2).view("V16")[:, 0]  # bits 2k.. → element 4i + k
 
 
-def _rows_into(q: np.ndarray, rows: np.ndarray, out: np.ndarray, block_size: int) -> None:
-    """``value(field) * d`` with one table row gathered per ``qs`` byte (the fields of a byte
-    are consecutive elements) and ``d`` the fp16 at byte 0."""
-    q = _rows(q)
+def _rows_into(q: np.ndarray, table: np.ndarray, out: np.ndarray, block_size: int) -> None:
+    """``value(field) * d`` with one ``table`` row gathered per ``qs`` byte (the fields of a
+    byte are consecutive elements) and ``d`` the fp16 at byte 0."""
+    q = rows(q)
     flat = _flat(out)
-    rows.take(_field(q, 2, 16).reshape(-1), out=flat.view(rows.dtype), mode="wrap")
-    _scale(flat, np.repeat(_f16(q, 0), block_size))
+    table.take(field(q, 2, 16).reshape(-1), out=flat.view(table.dtype), mode="wrap")
+    _scale(flat, np.repeat(le_f16(q, 0), block_size))
     _finish(out, flat)
 
 
@@ -394,10 +380,10 @@ def quantize_q2_0(x: np.ndarray) -> np.ndarray:
 
 def dequantize_iq4_nl_into(q: np.ndarray, out: np.ndarray) -> None:
     """``d * kvalues_iq4nl[qs[j] & 0xf]`` → element j, ``[qs[j] >> 4]`` → j + 16."""
-    q = _rows(q)
+    q = rows(q)
     flat = _flat(out)
-    _lookup_into(_nibbles(_field(q, 2, 16)), _PAIRS_IQ4NL, flat)
-    _scale(flat, np.repeat(_f16(q, 0), 32))
+    _lookup_into(_nibbles(field(q, 2, 16)), _PAIRS_IQ4NL, flat)
+    _scale(flat, np.repeat(le_f16(q, 0), 32))
     _finish(out, flat)
 
 
@@ -424,11 +410,11 @@ def _iq4_xs_scales(q: np.ndarray) -> np.ndarray:
 def dequantize_iq4_xs_into(q: np.ndarray, out: np.ndarray) -> None:
     """``dl = d * (ls - 32)``; ``dl * kvalues_iq4nl[qs[16ib + j] & 0xf]`` → element 32ib + j,
     ``[... >> 4]`` → 32ib + 16 + j."""
-    q = _rows(q)
+    q = rows(q)
     with np.errstate(**_QUIET):
-        dl = np.repeat(_f16(q, 0), 8) * _iq4_xs_scales(q)  # (8n,), exact
+        dl = np.repeat(le_f16(q, 0), 8) * _iq4_xs_scales(q)  # (8n,), exact
     flat = _flat(out)
-    _lookup_into(_nibbles(_field(q, 8, 128).reshape(-1, 16)), _PAIRS_IQ4NL, flat)
+    _lookup_into(_nibbles(field(q, 8, 128).reshape(-1, 16)), _PAIRS_IQ4NL, flat)
     _scale(flat, np.repeat(dl, 32))
     _finish(out, flat)
 
