@@ -25,6 +25,7 @@ import numpy as np
 from ..types import GGMLType
 from ._common import (
     F32,
+    F16_TO_F32,
     Codec,
     first_abs_max,
     into_codec,
@@ -510,19 +511,28 @@ def _k4_dl_ml(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``d1 = d * sc`` and ``m1 = dmin * m`` (nb, 8) float32 of Q4_K/Q5_K.
 
     ``get_scale_min_k4`` for j = 0..7 runs four bytes at a time on the three 32-bit words of
-    the 12 scale bytes; scales and mins land side by side in one (nb, 16) byte array that a
-    single multiply by [d x8, dmin x8] turns into floats."""
+    the 12 scale bytes; scales and mins land side by side in one (nb, 16) byte array, whose
+    halves are multiplied by d and dmin (through the fp16 table, as ``GGML_FP16_TO_FP32``)."""
+    nb = q.shape[0]
     w = _words(q, 0, 16, "<u4")  # d|dmin, then the 12 scale bytes
     w0, w1, w2 = w[:, 1], w[:, 2], w[:, 3]
     m6, m4, m2 = np.uint32(0x3F3F3F3F), np.uint32(0x0F0F0F0F), np.uint32(0x30303030)
-    sm = np.empty((q.shape[0], 4), np.uint32)  # scales 0-3, 4-7, mins 0-3, 4-7
+    sm = np.empty((nb, 4), np.uint32)  # scales 0-3, 4-7, mins 0-3, 4-7
     np.bitwise_and(w0, m6, out=sm[:, 0])
     np.bitwise_and(w1, m6, out=sm[:, 2])
-    np.bitwise_or(w2 & m4, (w0 >> 2) & m2, out=sm[:, 1])  # low 4 bits | top 2 bits of byte j-4
-    np.bitwise_or((w2 >> 4) & m4, (w1 >> 2) & m2, out=sm[:, 3])
-    dd = np.repeat(_words(q, 0, 4, "<u2").view("<f2").astype(F32), 8, axis=1)  # (nb, 16)
+    lo, hi = w2 & m4, w0 >> 2  # scale j >= 4: low 4 bits | top 2 bits of byte j - 4
+    hi &= m2
+    np.bitwise_or(lo, hi, out=sm[:, 1])
+    np.right_shift(w2, 4, out=lo)
+    lo &= m4
+    np.right_shift(w1, 2, out=hi)
+    hi &= m2
+    np.bitwise_or(lo, hi, out=sm[:, 3])
+    dd = F16_TO_F32.take(np.ascontiguousarray(w[:, 0]).view("<u2"))  # (2 nb,): d, dmin, d, ...
+    f = sm.view(np.uint8).astype(F32).reshape(-1)
     with np.errstate(invalid="ignore", over="ignore"):
-        f = np.multiply(dd, sm.view(np.uint8), dtype=F32)
+        np.multiply(f, np.repeat(dd, 8), out=f)
+    f = f.reshape(nb, 16)
     return f[:, :8], f[:, 8:]
 
 

@@ -398,8 +398,10 @@ def quantize_q8_0(x: np.ndarray) -> np.ndarray:
 
 def dequantize_q8_0_into(q: np.ndarray, out: np.ndarray) -> None:
     q = rows(q)
+    qs = np.ascontiguousarray(q[:, 2:].view("V32")).view(np.int8)  # 32-byte copies: faster
+    d = np.repeat(le_f16(q, 0), 32)  # than a strided int8 cast and a broadcast d
     with np.errstate(**_QUIET):
-        np.multiply(q[:, 2:].view(np.int8), le_f16(q, 0)[:, None], out=out)  # qs[j]*d, exact
+        np.multiply(qs.reshape(out.shape), d.reshape(out.shape), out=out)  # qs[j]*d, exact
 
 
 def quantize_q8_1(x: np.ndarray) -> np.ndarray:
