@@ -234,7 +234,7 @@ def _pack_2bit(L: np.ndarray) -> np.ndarray:
     """(nb, 256) 2-bit values → (nb, 64): ``qs[j/4 + l] = L[j+l] | L[j+l+32]<<2 | ...``,
     on 8-byte words: run (n, s) of 32 values is shifted by 2s and the 4 runs OR-ed."""
     nb = L.shape[0]
-    w = np.ascontiguousarray(L, dtype=np.uint8).view("<u8") << _shifts((0, 2, 4, 6) * 2, nb)
+    w = np.ascontiguousarray(L, dtype=np.uint8).view("<u8") << _per_run((0, 2, 4, 6) * 2, nb)
     return np.bitwise_or.reduce(w.reshape(nb, 2, 4, 4), axis=2).view(np.uint8).reshape(nb, 64)
 
 
@@ -417,7 +417,7 @@ def quantize_q3_k(x: np.ndarray) -> np.ndarray:
     L = Lq
     # hmask[m] bit k <- the high bit (bit 2) of L[32*k + m]; qs gets the low 2 bits
     w = L.view("<u8")  # (nb, 32): 8 runs of 32 values
-    high = ((w >> np.uint64(2)) & _M1) << _shifts(tuple(range(8)), nb)
+    high = ((w >> np.uint64(2)) & _M1) << _per_run(tuple(range(8)), nb)
     out = np.empty((nb, 110), np.uint8)
     out[:, :32] = np.bitwise_or.reduce(high.reshape(nb, 8, 4), axis=1).view(np.uint8)
     out[:, 32:96] = _pack_2bit((w & _M2).view(np.uint8))
@@ -452,24 +452,25 @@ def _words(q: np.ndarray, start: int, stop: int, dtype: str = "<u8") -> np.ndarr
     return np.ascontiguousarray(q[:, start:stop]).view(dt)
 
 
-_PATTERN_ROWS = 1024  # blocks per cached shift pattern: a default chunk (256 Ki floats)
+_PATTERN_ROWS = 1024  # blocks per cached word pattern: a default chunk (256 Ki floats)
 
 
 @functools.lru_cache(maxsize=None)
-def _shift_rows(per_run: tuple[int, ...]) -> np.ndarray:
-    """The read-only (``_PATTERN_ROWS``, 4 * len(per_run)) pattern behind ``_shifts``."""
+def _per_run_rows(per_run: tuple[int, ...]) -> np.ndarray:
+    """The read-only (``_PATTERN_ROWS``, 4 * len(per_run)) pattern behind ``_per_run``."""
     row = np.repeat(np.array(per_run, np.uint64), 4)
     a = np.tile(row, (_PATTERN_ROWS, 1))
     a.flags.writeable = False
     return a
 
 
-def _shifts(per_run: tuple[int, ...], n_blocks: int) -> np.ndarray:
-    """Shift counts (n_blocks, 4 * len(per_run)) uint64: ``per_run[r]`` for the 4 words of
-    every 32-byte run ``r`` of a block.  A full-size operand is about twice as fast as a
-    broadcast (1, 32) row, so up to ``_PATTERN_ROWS`` blocks it is a slice of a cached
-    read-only array (a handful of 256 KB constants); beyond that, a broadcast view."""
-    rows = _shift_rows(per_run)
+def _per_run(per_run: tuple[int, ...], n_blocks: int) -> np.ndarray:
+    """Word constants (n_blocks, 4 * len(per_run)) uint64, shift counts or masks:
+    ``per_run[r]`` for the 4 words of every 32-byte run ``r`` of a block.  A full-size
+    operand is about twice as fast as a broadcast (1, 32) row, so up to ``_PATTERN_ROWS``
+    blocks it is a slice of a cached read-only array (a handful of 256 KB constants); beyond
+    that, a broadcast view."""
+    rows = _per_run_rows(per_run)
     if n_blocks <= _PATTERN_ROWS:
         return rows[:n_blocks]
     return np.broadcast_to(rows[0], (n_blocks, rows.shape[1]))
@@ -507,54 +508,73 @@ def _times(d: np.ndarray, s: np.ndarray) -> np.ndarray:
         return np.multiply(np.repeat(d, s.shape[1]), s.reshape(-1), dtype=F32)
 
 
-def _k4_dl_ml(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``d1 = d * sc`` and ``m1 = dmin * m`` (nb, 8) float32 of Q4_K/Q5_K.
+_ODD_SIXTEENTH = np.tile(np.array([1, 1 / 16], F32), 4)  # runs 2j+1 hold 16 * code (Q4_K)
+
+
+def _k4_dl_ml(q: np.ndarray, odd_sixteenth: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``d1 = d * sc`` and ``m1 = dmin * m`` of Q4_K/Q5_K: two contiguous (nb * 8,) float32.
 
     ``get_scale_min_k4`` for j = 0..7 runs four bytes at a time on the three 32-bit words of
-    the 12 scale bytes; scales and mins land side by side in one (nb, 16) byte array, whose
-    halves are multiplied by d and dmin (through the fp16 table, as ``GGML_FP16_TO_FP32``)."""
+    the 12 scale bytes; d and dmin come through the fp16 table (``GGML_FP16_TO_FP32``).
+    ``odd_sixteenth``: the scales of odd sub-blocks come out divided by 16, for codes that
+    hold 16 * q there.  Exact: sc / 16 is exact, and d * sc / 16 >= 2^-28 (d >= 2^-24 when
+    not 0) stays a normal float32, so the one rounding of d * (sc / 16) is that of d * sc,
+    divided by 16; inf and NaN d give what they give unscaled."""
     nb = q.shape[0]
     w = _words(q, 0, 16, "<u4")  # d|dmin, then the 12 scale bytes
     w0, w1, w2 = w[:, 1], w[:, 2], w[:, 3]
     m6, m4, m2 = np.uint32(0x3F3F3F3F), np.uint32(0x0F0F0F0F), np.uint32(0x30303030)
-    sm = np.empty((nb, 4), np.uint32)  # scales 0-3, 4-7, mins 0-3, 4-7
-    np.bitwise_and(w0, m6, out=sm[:, 0])
-    np.bitwise_and(w1, m6, out=sm[:, 2])
-    lo, hi = w2 & m4, w0 >> 2  # scale j >= 4: low 4 bits | top 2 bits of byte j - 4
+    sc = np.empty((nb, 2), np.uint32)  # bytes: scales 0-3, 4-7
+    mn = np.empty((nb, 2), np.uint32)  # bytes: mins 0-3, 4-7
+    np.bitwise_and(w0, m6, out=sc[:, 0])
+    np.bitwise_and(w1, m6, out=mn[:, 0])
+    lo, hi = w2 & m4, w0 >> 2  # j >= 4: low 4 bits | top 2 bits of byte j - 4
     hi &= m2
-    np.bitwise_or(lo, hi, out=sm[:, 1])
+    np.bitwise_or(lo, hi, out=sc[:, 1])
     np.right_shift(w2, 4, out=lo)
     lo &= m4
     np.right_shift(w1, 2, out=hi)
     hi &= m2
-    np.bitwise_or(lo, hi, out=sm[:, 3])
-    dd = F16_TO_F32.take(np.ascontiguousarray(w[:, 0]).view("<u2"))  # (2 nb,): d, dmin, d, ...
-    f = sm.view(np.uint8).astype(F32).reshape(-1)
+    np.bitwise_or(lo, hi, out=mn[:, 1])
+    dd = F16_TO_F32.take(np.ascontiguousarray(w[:, 0]).view("<u2")).reshape(nb, 2)  # d, dmin
+    dl = sc.view(np.uint8).astype(F32)  # (nb, 8)
+    if odd_sixteenth:
+        dl *= _ODD_SIXTEENTH
+    ml = mn.view(np.uint8).astype(F32)
     with np.errstate(invalid="ignore", over="ignore"):
-        np.multiply(f, np.repeat(dd, 8), out=f)
-    f = f.reshape(nb, 16)
-    return f[:, :8], f[:, 8:]
+        dl = dl.reshape(-1)
+        dl *= np.repeat(dd[:, 0], 8)
+        ml = ml.reshape(-1)
+        ml *= np.repeat(dd[:, 1], 8)
+    return dl, ml
 
 
-def _q4_nibbles(q: np.ndarray, offset: int) -> np.ndarray:
-    """The 128 nibble bytes at ``offset`` → (nb, 32) words: run 2j low nibbles of bytes
-    32j.., run 2j+1 their high nibbles (the Q4_K/Q5_K output order)."""
-    w = _runs(_words(q, offset, offset + 128).reshape(-1, 4, 4), 2)
-    return (w >> _shifts((0, 4) * 4, q.shape[0])) & _M4
+_NIBBLE_MASKS = (0x0F0F0F0F0F0F0F0F, 0xF0F0F0F0F0F0F0F0) * 4  # per run: low, high nibbles
 
 
 def dequantize_q4_k_into(q: np.ndarray, out: np.ndarray) -> None:
-    """``d1 * (q & 0xF) - m1`` (d1 = d * sc, m1 = dmin * m per 32) written into ``out``."""
-    dl, ml = _k4_dl_ml(q)
-    _scaled_into(out, _q4_nibbles(q, 16).view(np.uint8), dl, ml, 32)
+    """``d1 * (q & 0xF) - m1`` (d1 = d * sc, m1 = dmin * m per 32) written into ``out``.
+
+    Run 2j takes the low nibbles of bytes 32j.., run 2j+1 their high nibbles, left in place
+    (16 * q, saving a shift) and scaled by d1 / 16."""
+    dl, ml = _k4_dl_ml(q, odd_sixteenth=True)
+    codes = _runs(_words(q, 16, 144).reshape(-1, 4, 4), 2)  # (nb, 32) words: runs 0 0 1 1 ..
+    codes &= _per_run(_NIBBLE_MASKS, q.shape[0])
+    _scaled_into(out, codes.view(np.uint8), dl, ml, 32)
 
 
 def dequantize_q5_k_into(q: np.ndarray, out: np.ndarray) -> None:
-    """``d1 * ((ql & 0xF) + (qh & u1 ? 16 : 0)) - m1`` written into ``out`` (nb, 256)."""
+    """``d1 * ((ql & 0xF) + (qh & u1 ? 16 : 0)) - m1`` written into ``out`` (nb, 256).
+
+    Run 2j takes the low nibbles of ql bytes 32j.., run 2j+1 their high nibbles; run r
+    adds bit r of the qh bytes as 16."""
     dl, ml = _k4_dl_ml(q)
-    codes = _q4_nibbles(q, 48)
+    nb = q.shape[0]
+    codes = _runs(_words(q, 48, 176).reshape(-1, 4, 4), 2)
+    codes >>= _per_run((0, 4) * 4, nb)
+    codes &= _M4
     qh = _runs(_words(q, 16, 48).reshape(-1, 1, 4), 8)  # (nb, 32) words: qh in all 8 runs
-    codes |= ((qh >> _shifts(tuple(range(8)), q.shape[0])) & _M1) << np.uint64(4)
+    codes |= ((qh >> _per_run(tuple(range(8)), nb)) & _M1) << np.uint64(4)
     _scaled_into(out, codes.view(np.uint8), dl, ml, 32)
 
 
@@ -566,8 +586,8 @@ def dequantize_q6_k_into(q: np.ndarray, out: np.ndarray) -> None:
     nb = q.shape[0]
     ql = np.repeat(_words(q, 0, 128).reshape(nb, 2, 1, 8), 2, axis=2).reshape(nb, 32)
     qh = _runs(_words(q, 128, 192).reshape(nb, 2, 4), 4)
-    codes = (ql >> _shifts((0, 0, 4, 4) * 2, nb)) & _M4
-    codes |= ((qh >> _shifts((0, 2, 4, 6) * 2, nb)) & _M2) << np.uint64(4)
+    codes = (ql >> _per_run((0, 0, 4, 4) * 2, nb)) & _M4
+    codes |= ((qh >> _per_run((0, 2, 4, 6) * 2, nb)) & _M2) << np.uint64(4)
     v = codes.view(np.uint8)
     v -= np.uint8(32)  # wraps: as int8 it is q6 - 32
     scales = np.ascontiguousarray(q[:, 192:208]).view(np.int8)
@@ -578,7 +598,7 @@ def _q2_low(q: np.ndarray, offset: int) -> np.ndarray:
     """The 64 two-bit bytes at ``offset`` → (nb, 32) words of codes 0..3 in output order:
     run (n, j) is bits 2j of bytes 32n.."""
     w = _runs(_words(q, offset, offset + 64).reshape(-1, 2, 4), 4)
-    return (w >> _shifts((0, 2, 4, 6) * 2, q.shape[0])) & _M2
+    return (w >> _per_run((0, 2, 4, 6) * 2, q.shape[0])) & _M2
 
 
 def dequantize_q2_k_into(q: np.ndarray, out: np.ndarray) -> None:
@@ -610,7 +630,7 @@ def dequantize_q3_k_into(q: np.ndarray, out: np.ndarray) -> None:
     nb = q.shape[0]
     codes = _q2_low(q, 32)
     hm = _runs(_words(q, 0, 32).reshape(nb, 1, 4), 8)  # run (n, j) tests bit 4n + j
-    clear = ((~hm >> _shifts(tuple(range(8)), nb)) & _M1) * np.uint64(0xFC)
+    clear = ((~hm >> _per_run(tuple(range(8)), nb)) & _M1) * np.uint64(0xFC)
     codes |= clear
     sc = _q3_scales6(q).astype(np.int8) - np.int8(32)
     _scaled_into(out, codes.view(np.int8), _times(le_f16(q, 108), sc), None, 16)
