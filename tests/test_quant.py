@@ -262,6 +262,21 @@ def test_k_quant_blocks_with_inf_nan_and_zero_scales_dequantize_as_ggml_does(t, 
     assert_same_floats(dequantize(q, t, (n,)), ggml_quant.dequantize(int(t), q, n))
 
 
+@pytest.mark.parametrize("t", [G.Q4_K, G.Q5_K], ids=lambda t: t.name)
+def test_q4_k_q5_k_dequantize_every_scale_with_every_kind_of_d_as_ggml_does(t):
+    # Q4_K scales its high-nibble sub-blocks by d * sc / 16 (codes left as 16 * q), exact
+    # only if that product never rounds differently from d * sc: sweep d and dmin over the
+    # fp16 specials, the subnormals' edges and every 97th bit pattern, next to random 6-bit
+    # scales and mins (all 64 values occur in each of the 8 places over these blocks).
+    halves = np.array(F16_SPECIALS + [0x0002, 0x0003, 0x03FF, 0x0400, 0x8001] + list(range(0, 1 << 16, 97)), "<u2")
+    n_blocks = halves.size * 4
+    q = random_blocks(t, n_blocks, 3)
+    q[:, 0:2] = np.repeat(halves, 4).view(np.uint8).reshape(-1, 2)  # d
+    q[:, 2:4] = np.tile(halves, 4).view(np.uint8).reshape(-1, 2)  # dmin, in another order
+    n = n_blocks * 256
+    assert_same_floats(dequantize(q, t, (n,)), ggml_quant.dequantize(int(t), q, n))
+
+
 @pytest.mark.parametrize("t", sorted(K_QUANTS | {G.Q8_K}), ids=lambda t: t.name)
 def test_k_quant_dequantize_is_the_same_for_any_chunk_size_and_output_layout(t):
     # 1100 blocks: more than one default chunk (1024 blocks), so both the cached and the
