@@ -27,6 +27,7 @@ from ._common import (
     F32,
     F16_TO_F32,
     Codec,
+    field,
     first_abs_max,
     into_codec,
     nan_ignoring,
@@ -536,7 +537,7 @@ def _k4_dl_ml(q: np.ndarray, odd_sixteenth: bool = False) -> tuple[np.ndarray, n
     np.right_shift(w1, 2, out=hi)
     hi &= m2
     np.bitwise_or(lo, hi, out=mn[:, 1])
-    dd = F16_TO_F32.take(np.ascontiguousarray(w[:, 0]).view("<u2")).reshape(nb, 2)  # d, dmin
+    dd = F16_TO_F32.take(field(q, 0, 4).view("<u2"))  # (nb, 2): d, dmin
     dl = sc.view(np.uint8).astype(F32)  # (nb, 8)
     if odd_sixteenth:
         dl *= _ODD_SIXTEENTH
@@ -549,7 +550,7 @@ def _k4_dl_ml(q: np.ndarray, odd_sixteenth: bool = False) -> tuple[np.ndarray, n
     return dl, ml
 
 
-_NIBBLE_MASKS = (0x0F0F0F0F0F0F0F0F, 0xF0F0F0F0F0F0F0F0) * 4  # per run: low, high nibbles
+_NIBBLE_MASKS = (int(_M4), int(~_M4)) * 4  # per run: low, high nibbles
 
 
 def dequantize_q4_k_into(q: np.ndarray, out: np.ndarray) -> None:

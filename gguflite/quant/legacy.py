@@ -57,9 +57,6 @@ _LO4 = np.uint64(0x0F0F0F0F0F0F0F0F)  # the low nibble of each byte of an 8-byte
 _HI4 = np.uint64(0xF0F0F0F0F0F0F0F0)
 
 
-# --------------------------------------------------------------------------- block fields
-
-
 # --------------------------------------------------------------------------- lane layout
 
 
@@ -398,8 +395,8 @@ def quantize_q8_0(x: np.ndarray) -> np.ndarray:
 
 def dequantize_q8_0_into(q: np.ndarray, out: np.ndarray) -> None:
     q = rows(q)
-    qs = np.ascontiguousarray(q[:, 2:].view("V32")).view(np.int8)  # 32-byte copies: faster
-    d = np.repeat(le_f16(q, 0), 32)  # than a strided int8 cast and a broadcast d
+    qs = field(q, 2, 32).view(np.int8)  # a contiguous copy and a repeated d: faster than
+    d = np.repeat(le_f16(q, 0), 32)  # a strided int8 cast and a broadcast d
     with np.errstate(**_QUIET):
         np.multiply(qs.reshape(out.shape), d.reshape(out.shape), out=out)  # qs[j]*d, exact
 
